@@ -1,0 +1,90 @@
+"""Causal multi-head softmax attention with a KV cache for acting.
+
+State: ``(k [B,H,L,Dh], v [B,H,L,Dh], valid [B,L])`` - the cached keys/values of past
+tokens (L grows by one per step, capped at ``window - 1`` when a window is set). The mixer
+itself carries no positions: the tokenizer's timestep embedding does that.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rl_seq.kernels.base import Mixer, State, alive, same_segment
+
+
+class Attention(Mixer):
+    """Causal softmax attention (``scaled_dot_product_attention``).
+
+    Args:
+        d_model: width D.
+        n_heads: heads H (D % H == 0).
+        window: a token sees itself and at most ``window - 1`` tokens before it
+            (None = unlimited; the cache then grows with the history).
+        backend: ``"reference"`` (explicit fp32 softmax) or ``"torch"`` (SDPA).
+    """
+
+    name = "attention"
+
+    def __init__(self, d_model: int, n_heads: int = 1, *, window: int | None = None,
+                 backend: str = "torch") -> None:
+        super().__init__(d_model, n_heads, backend)
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1 or None, got {window}")
+        self.window = window
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+
+    def init_state(self, batch_size: int, device=None) -> State:
+        H, Dh = self.n_heads, self.head_dim
+        k = torch.zeros(batch_size, H, 0, Dh, device=device)
+        return (k, k.clone(), torch.zeros(batch_size, 0, dtype=torch.bool, device=device))
+
+    def state_bytes(self, batch_size: int = 1, history: int = 0) -> int:
+        L = history if self.window is None else min(history, self.window - 1)
+        return batch_size * L * (2 * self.d_model * 4 + 1)
+
+    # -- shared preparation -----------------------------------------------------------
+    def _prepare(self, x: Tensor, state: State, resets: Tensor):
+        B, T, D = x.shape
+        H, Dh = self.n_heads, self.head_dim
+        q, k, v = self.qkv(x).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)  # 3 x [B,H,T,Dh]
+        k0, v0, valid0 = state
+        L0 = k0.shape[2]
+        keys = torch.cat([k0, k], 2)
+        values = torch.cat([v0, v], 2)
+        # mask [B, T, L0+T]: True = may attend
+        old = valid0[:, None, :] & alive(resets)[:, :, None]
+        new = same_segment(resets)
+        mask = torch.cat([old.expand(B, T, L0), new], 2)
+        if self.window is not None:
+            qpos = torch.arange(T, device=x.device)[:, None] + L0
+            kpos = torch.arange(L0 + T, device=x.device)[None, :]
+            mask = mask & (qpos - kpos < self.window)
+        # next state: the last (window-1) keys, valid if in the final token's episode
+        keep = L0 + T if self.window is None else min(L0 + T, self.window - 1)
+        valid = torch.cat([valid0 & alive(resets)[:, -1:], new[:, -1, :]], 1)
+        start = L0 + T - keep
+        state = (keys[:, :, start:], values[:, :, start:], valid[:, start:])
+        return q, keys, values, mask, state
+
+    def forward_fast(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
+        B, T, D = x.shape
+        q, keys, values, mask, new_state = self._prepare(x, state, resets)
+        plain = keys.shape[2] == T and self.window is None and not resets[:, 1:].any()
+        if plain:
+            y = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None])
+        return self.proj(y.transpose(1, 2).reshape(B, T, D)), new_state
+
+    def forward_reference(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
+        B, T, D = x.shape
+        q, keys, values, mask, new_state = self._prepare(x, state, resets)
+        scores = (q.float() @ keys.float().transpose(-1, -2)) / math.sqrt(self.head_dim)
+        scores = scores.masked_fill(~mask[:, None], float("-inf"))
+        y = torch.softmax(scores, -1) @ values.float()
+        return self.proj(y.to(x.dtype).transpose(1, 2).reshape(B, T, D)), new_state

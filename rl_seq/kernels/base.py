@@ -1,0 +1,183 @@
+"""The mixer contract and the small helpers every mixer shares.
+
+Every sequence mixer in rl_seq is an ``nn.Module`` with three calls::
+
+    init_state(batch_size, device)           -> state
+    forward(x [B,T,D], state, resets [B,T])  -> (y [B,T,D], state)   # parallel, training
+    step(x [B,D], state, reset [B])          -> (y [B,D], state)     # one token, acting
+
+``resets[b, t]`` is True on the first token of a new episode: nothing before it may reach
+it, inside one parallel call too. A state is a tuple of tensors whose first dimension is the
+batch. ``forward`` dispatches on ``self.backend``: ``"reference"`` runs the short naive
+specification (``forward_reference``), anything else the fast path (``forward_fast``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+State = tuple[Tensor, ...]
+
+
+class Mixer(nn.Module):
+    """Base class: shape checks and backend dispatch. Subclasses implement
+    ``init_state``, ``forward_fast``, ``forward_reference`` and ``step``."""
+
+    name: str = "mixer"
+
+    def __init__(self, d_model: int, n_heads: int, backend: str = "torch") -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.backend = backend
+
+    # -- the contract -------------------------------------------------------------------
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        raise NotImplementedError
+
+    def forward(
+        self, x: Tensor, state: State | None = None, resets: Tensor | None = None
+    ) -> tuple[Tensor, State]:
+        """x: [B, T, D]; resets: bool [B, T] (True = first token of an episode)."""
+        resets = self._check(x, state, resets)
+        if state is None:
+            state = self.init_state(x.shape[0], x.device)
+        if self.backend == "reference":
+            return self.forward_reference(x, state, resets)
+        return self.forward_fast(x, state, resets)
+
+    def step(
+        self, x: Tensor, state: State | None = None, reset: Tensor | None = None
+    ) -> tuple[Tensor, State]:
+        """One token per batch row. x: [B, D]; reset: bool [B]."""
+        if x.dim() != 2 or x.shape[-1] != self.d_model:
+            raise ValueError(f"{self.name}.step expects x of shape [B, {self.d_model}], got {tuple(x.shape)}")
+        if state is None:
+            state = self.init_state(x.shape[0], x.device)
+        if reset is None:
+            reset = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        return self._step(x, state, reset.to(torch.bool))
+
+    def forward_fast(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
+        raise NotImplementedError
+
+    def forward_reference(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
+        raise NotImplementedError
+
+    def _step(self, x: Tensor, state: State, reset: Tensor) -> tuple[Tensor, State]:
+        y, state = self.forward_fast(x[:, None], state, reset[:, None])
+        return y[:, 0], state
+
+    def state_bytes(self, batch_size: int = 1) -> int:
+        """Bytes of acting state per ``batch_size`` environments (at its largest)."""
+        return sum(t.numel() * t.element_size() for t in self.init_state(batch_size, "cpu"))
+
+    # -- checks ------------------------------------------------------------------------
+    def _check(self, x: Tensor, state: State | None, resets: Tensor | None) -> Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(
+                f"{self.name}.forward expects x of shape [B, T, {self.d_model}], got {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"{self.name}.forward expects a floating tensor, got {x.dtype}")
+        B, T, _ = x.shape
+        if resets is None:
+            return torch.zeros(B, T, dtype=torch.bool, device=x.device)
+        if resets.shape != (B, T):
+            raise ValueError(f"resets must have shape [B, T] = {(B, T)}, got {tuple(resets.shape)}")
+        if state is not None and state[0].shape[0] != B:
+            raise ValueError(f"state batch {state[0].shape[0]} does not match x batch {B}")
+        return resets.to(torch.bool)
+
+
+# -- helpers shared by the mixers -------------------------------------------------------
+def segment_ids(resets: Tensor) -> Tensor:
+    """[B, T] bool -> int [B, T]: how many resets up to and including t (0 = still in the
+    episode the incoming state belongs to)."""
+    return resets.long().cumsum(1)
+
+
+def same_segment(resets: Tensor) -> Tensor:
+    """[B, T] -> bool [B, T, T]: token t may see token s (s <= t, no reset in (s, t])."""
+    seg = segment_ids(resets)
+    T = resets.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=resets.device).tril()
+    return (seg[:, :, None] == seg[:, None, :]) & causal
+
+
+def alive(resets: Tensor) -> Tensor:
+    """[B, T] -> bool [B, T]: token t still sees the incoming state (no reset in [0, t])."""
+    return segment_ids(resets) == 0
+
+
+def positions_in_segment(resets: Tensor) -> Tensor:
+    """[B, T] -> long [B, T]: steps since the latest reset (0 at the reset itself; for tokens
+    before any reset, steps since the start of the call)."""
+    T = resets.shape[1]
+    t = torch.arange(T, device=resets.device).expand_as(resets)
+    start = torch.where(resets, t, torch.zeros_like(t)).cummax(1).values
+    return t - start
+
+
+def linear_scan(a: Tensor, x: Tensor, h0: Tensor | None = None) -> Tensor:
+    """Parallel (Hillis-Steele) scan of h_t = a_t * h_{t-1} + x_t along dim 1.
+
+    a, x: [B, T, ...]; h0: [B, ...] or None (zeros). Returns h: [B, T, ...].
+    log2(T) vectorised passes, no loop over time steps; a_t = 0 wipes everything before t.
+    """
+    T = x.shape[1]
+    d = 1
+    while d < T:
+        x = torch.cat([x[:, :d], x[:, d:] + a[:, d:] * x[:, :-d]], 1)
+        a = torch.cat([a[:, :d], a[:, d:] * a[:, :-d]], 1)
+        d *= 2
+    if h0 is not None:
+        x = x + a * h0.unsqueeze(1)
+    return x
+
+
+def mask_rows(state: State, keep: Tensor) -> State:
+    """Zero the state of rows where ``keep`` is False. keep: bool [B]."""
+    out = []
+    for s in state:
+        k = keep.view(-1, *([1] * (s.dim() - 1)))
+        out.append(torch.where(k, s, torch.zeros_like(s)))
+    return tuple(out)
+
+
+class PackedSegments:
+    """Cut each row of a [B, T, ...] batch at its resets and lay the pieces out as separate
+    zero-padded sequences [S, T, ...], so kernels that know nothing of resets (FFT
+    convolution, cuDNN/MKL LSTM) run on them exactly.
+
+    ``first[b]``/``last[b]``: index of row b's first/last piece; ``carries[b]``: whether row
+    b's first piece continues the incoming state (no reset at t=0); ``lengths[s]``.
+    """
+
+    def __init__(self, resets: Tensor) -> None:
+        B, T = resets.shape
+        r = resets.clone()
+        r[:, 0] = True
+        counts = r.sum(1)
+        offset = counts.cumsum(0) - counts
+        self.gid = offset[:, None] + r.long().cumsum(1) - 1  # [B, T]
+        self.pos = positions_in_segment(r)  # [B, T]
+        self.n = int(counts.sum())
+        self.T = T
+        self.first = offset
+        self.last = offset + counts - 1
+        self.carries = ~resets[:, 0]
+        self.lengths = torch.zeros(self.n, dtype=torch.long, device=resets.device)
+        self.lengths.scatter_add_(0, self.gid.reshape(-1), torch.ones_like(self.gid).reshape(-1))
+
+    def pack(self, x: Tensor) -> Tensor:
+        out = x.new_zeros(self.n, self.T, *x.shape[2:])
+        out[self.gid, self.pos] = x
+        return out
+
+    def unpack(self, y: Tensor) -> Tensor:
+        return y[self.gid, self.pos]

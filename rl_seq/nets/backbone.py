@@ -1,0 +1,157 @@
+"""Backbone: tokenizer -> blocks (mixer + MLP) -> final norm.
+
+A block joins its mixer and MLP either by pre-LN residuals or by GTrXL's gating
+(Parisotto et al. 2020: identity-map reordering, GRU-style gate with bias 2). The backbone's
+state is the tuple of its mixers' states, so every backbone acts one token at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from rl_seq.kernels import MIXERS, make_mixer
+from rl_seq.kernels.base import State
+from rl_seq.tokenizer import TrajectoryTokenizer
+
+
+@dataclass
+class BackboneConfig:
+    """The sequence model every agent shares."""
+
+    mixer: str = "attention"
+    """Token mixer, one of ``rl_seq.kernels.MIXERS``."""
+    d_model: int = 128
+    """Token width D."""
+    n_layers: int = 3
+    """Number of blocks."""
+    n_heads: int = 1
+    """Heads of the mixer (where it has heads)."""
+    mlp_ratio: int = 4
+    """Hidden width of the MLP, as a multiple of D."""
+    dropout: float = 0.1
+    """Dropout on the embeddings and on each residual branch."""
+    block: str = "pre_ln"
+    """How mixer and MLP are joined: ``pre_ln`` residuals or ``gtrxl`` GRU gates."""
+    backend: str = "torch"
+    """Kernel backend: ``torch``, ``reference`` or ``accelerated``."""
+    mixer_options: dict = field(default_factory=dict)
+    """Mixer keyword arguments, e.g. ``{window: 60}``, ``{memory: 64}``, ``{eta: 4, r: 4}``."""
+
+    def __post_init__(self) -> None:
+        if self.mixer not in MIXERS:
+            raise ValueError(f"unknown mixer {self.mixer!r}; choose one of {', '.join(MIXERS)}")
+        if self.block not in ("pre_ln", "gtrxl"):
+            raise ValueError(f"block must be 'pre_ln' or 'gtrxl', got {self.block!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+
+
+class GRUGate(nn.Module):
+    """GTrXL's gate: r = σ(W_r y + U_r x), z = σ(W_z y + U_z x - b), h = tanh(W_g y + U_g (r⊙x)),
+    out = (1-z)⊙x + z⊙h. With b = 2 the block starts close to the identity."""
+
+    def __init__(self, d: int, bias: float = 2.0) -> None:
+        super().__init__()
+        self.w = nn.Linear(d, 3 * d, bias=False)
+        self.u = nn.Linear(d, 2 * d, bias=False)
+        self.ug = nn.Linear(d, d, bias=False)
+        self.bias = nn.Parameter(torch.full((d,), bias))
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        wr, wz, wg = self.w(y).chunk(3, -1)
+        ur, uz = self.u(x).chunk(2, -1)
+        r = torch.sigmoid(wr + ur)
+        z = torch.sigmoid(wz + uz - self.bias)
+        h = torch.tanh(wg + self.ug(r * x))
+        return (1 - z) * x + z * h
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        D = cfg.d_model
+        self.mixer = make_mixer(cfg.mixer, D, cfg.n_heads, backend=cfg.backend, **cfg.mixer_options)
+        self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.mlp = nn.Sequential(nn.Linear(D, cfg.mlp_ratio * D), nn.GELU(),
+                                 nn.Linear(cfg.mlp_ratio * D, D))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.gated = cfg.block == "gtrxl"
+        if self.gated:
+            self.gate1, self.gate2 = GRUGate(D), GRUGate(D)
+
+    def _join(self, x: Tensor, y: Tensor, which: int) -> Tensor:
+        if self.gated:
+            return (self.gate1 if which == 1 else self.gate2)(x, self.drop(torch.relu(y)))
+        return x + self.drop(y)
+
+    def forward(self, x: Tensor, state: State | None, resets: Tensor | None):
+        y, state = self.mixer(self.ln1(x), state, resets)
+        x = self._join(x, y, 1)
+        return self._join(x, self.mlp(self.ln2(x)), 2), state
+
+    def step(self, x: Tensor, state: State | None, reset: Tensor | None):
+        y, state = self.mixer.step(self.ln1(x), state, reset)
+        x = self._join(x, y, 1)
+        return self._join(x, self.mlp(self.ln2(x)), 2), state
+
+
+class Backbone(nn.Module):
+    """Tokenizer + blocks. ``forward`` is parallel over a whole sequence (training);
+    ``step_tokens`` feeds tokens one at a time through every block (acting)."""
+
+    def __init__(self, tokenizer: TrajectoryTokenizer, cfg: BackboneConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+
+    def init_state(self, batch_size: int, device=None) -> tuple[State, ...]:
+        return tuple(b.mixer.init_state(batch_size, device) for b in self.blocks)
+
+    def forward(self, fields: dict[str, Tensor], state: tuple[State, ...] | None = None,
+                episode_start: Tensor | None = None) -> tuple[Tensor, tuple[State, ...]]:
+        """fields [B, T, ...]; episode_start bool [B, T] -> features [B, T*k, D], state."""
+        x = self.drop(self.tokenizer(fields))
+        resets = None if episode_start is None else self.tokenizer.token_flags(episode_start)
+        return self.forward_tokens(x, state, resets)
+
+    def forward_tokens(self, x: Tensor, state=None, resets: Tensor | None = None):
+        """Already-embedded tokens [B, L, D] through the blocks."""
+        states = []
+        for i, block in enumerate(self.blocks):
+            x, s = block(x, None if state is None else state[i], resets)
+            states.append(s)
+        return self.ln_f(x), tuple(states)
+
+    def step_tokens(self, tokens: Tensor, state=None, reset: Tensor | None = None):
+        """tokens [B, n, D], fed in order; ``reset`` [B] flags the first of them as an
+        episode start. Returns the features of every token [B, n, D] and the state."""
+        B, n, _ = tokens.shape
+        if state is None:
+            state = self.init_state(B, tokens.device)
+        no_reset = torch.zeros(B, dtype=torch.bool, device=tokens.device)
+        outs = []
+        for j in range(n):
+            x = tokens[:, j]
+            r = reset if (j == 0 and reset is not None) else no_reset
+            new = []
+            for block, s in zip(self.blocks, state):
+                x, s = block.step(x, s, r)
+                new.append(s)
+            state = tuple(new)
+            outs.append(self.ln_f(x))
+        return torch.stack(outs, 1), state
+
+
+def select_state(state, keep: Tensor, other):
+    """Row-wise choose between two nested states: rows where ``keep`` is True come from
+    ``state``, the others from ``other`` (same structure)."""
+    if isinstance(state, Tensor):
+        k = keep.view(-1, *([1] * (state.dim() - 1)))
+        return torch.where(k, state, other)
+    return tuple(select_state(s, keep, o) for s, o in zip(state, other))

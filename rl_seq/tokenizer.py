@@ -1,0 +1,221 @@
+"""TrajectoryTokenizer: trajectory fields -> one token sequence ``[B, T*k, D]``, and back.
+
+A *layout* is a comma-separated list of the k token slots of one timestep; a slot is one
+field or several joined with ``+`` (their embeddings are summed into one token):
+
+====================  ====================================================  ==========
+layout                meaning                                               used by
+====================  ====================================================  ==========
+``rtg,obs,act``       return-to-go, state, action (3 tokens per step)        dt dc ds4 lram
+``obs,act``           state, action                                         BC
+``obs+prev_act+prev_rew``  one token: state, previous action and reward     online memory
+``obs,act_dims``      state, then one token per discretised action dim       qt
+====================  ====================================================  ==========
+
+Fields (``[B, T, ...]``): ``obs``, ``act``, ``rtg`` ([B,T] or [B,T,1]), ``prev_act``,
+``prev_rew``, ``timestep`` (long [B,T], optional). ``act_dims`` reads ``act`` through the
+uniform per-dimension :class:`ActionDiscretiser` and expands to ``action_dim`` slots.
+Every token of step t gets the timestep embedding of t (when ``max_timestep`` is set).
+
+``read(h, slot)`` returns the outputs at one slot, ``[B, T, D]``; heads read there, e.g.
+the action of step t is predicted from the ``obs`` slot (``h[:, 1::3]`` for ``rtg,obs,act``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+FIELDS = ("obs", "act", "rtg", "prev_act", "prev_rew", "act_dims")
+
+
+class ActionDiscretiser(nn.Module):
+    """Uniform bins per dimension of a bounded Box: ``n_bins`` equal cells between low and
+    high; decode returns cell centres, so encode(decode(i)) == i exactly."""
+
+    def __init__(self, space: gym.spaces.Box, n_bins: int = 256) -> None:
+        super().__init__()
+        if not isinstance(space, gym.spaces.Box) or not space.is_bounded("both"):
+            raise ValueError(f"action discretisation needs a bounded Box space, got {space}")
+        if n_bins < 2:
+            raise ValueError(f"n_bins must be >= 2, got {n_bins}")
+        self.n_bins = n_bins
+        self.register_buffer("low", torch.as_tensor(space.low, dtype=torch.float32).flatten())
+        self.register_buffer("high", torch.as_tensor(space.high, dtype=torch.float32).flatten())
+
+    @property
+    def dims(self) -> int:
+        return self.low.numel()
+
+    def encode(self, a: Tensor) -> Tensor:
+        """a [..., d] float -> long [..., d] in [0, n_bins)."""
+        u = (a - self.low) / (self.high - self.low)
+        return (u * self.n_bins).floor().long().clamp(0, self.n_bins - 1)
+
+    def decode(self, idx: Tensor) -> Tensor:
+        """long [..., d] -> float [..., d] (bin centres)."""
+        return self.low + (idx.float() + 0.5) * (self.high - self.low) / self.n_bins
+
+
+def is_image_space(space: gym.Space) -> bool:
+    return isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and space.shape[-1] in (1, 3, 4)
+
+
+class SpaceEmbedding(nn.Module):
+    """Embeds values of one Gymnasium space into D. Box: (x - mean)/std then linear; image
+    Box [H,W,C]: a small CNN; Discrete: a table; MultiDiscrete: summed tables;
+    MultiBinary: linear."""
+
+    def __init__(self, space: gym.Space, d_model: int) -> None:
+        super().__init__()
+        self.space = space
+        if is_image_space(space):
+            H, W, C = space.shape
+            self.net = nn.Sequential(
+                nn.Conv2d(C, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
+                nn.Flatten(), nn.Linear(32 * math.ceil(H / 4) * math.ceil(W / 4), d_model))
+            self.kind = "image"
+            self.scale = 255.0 if space.dtype == np.uint8 else 1.0
+        elif isinstance(space, gym.spaces.Box):
+            n = int(np.prod(space.shape))
+            self.net = nn.Linear(n, d_model)
+            self.register_buffer("mean", torch.zeros(n))
+            self.register_buffer("std", torch.ones(n))
+            self.kind = "box"
+        elif isinstance(space, gym.spaces.Discrete):
+            self.net = nn.Embedding(int(space.n), d_model)
+            self.kind = "discrete"
+            self.start = int(space.start)
+        elif isinstance(space, gym.spaces.MultiDiscrete):
+            nvec = torch.as_tensor(space.nvec, dtype=torch.long).flatten()
+            self.register_buffer("offsets", torch.cat([torch.zeros(1, dtype=torch.long), nvec.cumsum(0)[:-1]]))
+            self.net = nn.Embedding(int(nvec.sum()), d_model)
+            self.kind = "multidiscrete"
+        elif isinstance(space, gym.spaces.MultiBinary):
+            self.net = nn.Linear(int(np.prod(space.shape)), d_model)
+            self.kind = "multibinary"
+        else:
+            raise TypeError(
+                f"no embedding for space {space}; Dict/Tuple observations are flattened by "
+                "rl_seq.data (see Episodes.from_minari) before they reach the tokenizer")
+
+    def set_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
+        if self.kind != "box":
+            raise TypeError("normalisation statistics apply to Box spaces only")
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32).flatten())
+        self.std.copy_(torch.as_tensor(std, dtype=torch.float32).flatten().clamp_min(1e-6))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [B, T, *space.shape] -> [B, T, D]"""
+        lead = x.shape[:2]
+        if self.kind == "image":
+            img = x.reshape(-1, *x.shape[2:]).float().permute(0, 3, 1, 2) / self.scale
+            return self.net(img).view(*lead, -1)
+        if self.kind == "box":
+            return self.net((x.reshape(*lead, -1).float() - self.mean) / self.std)
+        if self.kind == "discrete":
+            return self.net(x.long().reshape(lead) - self.start)
+        if self.kind == "multidiscrete":
+            return self.net(x.long().reshape(*lead, -1) + self.offsets).sum(-2)
+        return self.net(x.reshape(*lead, -1).float())
+
+
+class TrajectoryTokenizer(nn.Module):
+    """Args:
+        observation_space, action_space: the env's spaces.
+        d_model: token width D.
+        layout: see the module docstring.
+        max_timestep: size of the timestep table (None: no timestep embedding).
+        n_bins: bins per action dimension for ``act_dims``.
+    """
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space, d_model: int,
+                 layout: str = "rtg,obs,act", max_timestep: int | None = 1000,
+                 n_bins: int = 256) -> None:
+        super().__init__()
+        self.layout = layout
+        slots = [tuple(s.strip().split("+")) for s in layout.split(",")]
+        for slot in slots:
+            for f in slot:
+                if f not in FIELDS:
+                    raise ValueError(f"unknown field {f!r} in layout {layout!r}; fields: {FIELDS}")
+        self.discretiser = None
+        if any("act_dims" in s for s in slots):
+            if slots[-1] != ("act_dims",):
+                raise ValueError("'act_dims' must be the last slot of a layout")
+            self.discretiser = ActionDiscretiser(action_space, n_bins)
+            d = self.discretiser.dims
+            slots = slots[:-1] + [(f"act_dim{i}",) for i in range(d)]
+            self.bin_embed = nn.Embedding(n_bins, d_model)
+            self.dim_embed = nn.Embedding(d, d_model)
+        self.slots: list[tuple[str, ...]] = slots
+        self.k = len(slots)
+        self.d_model = d_model
+        used = {f for s in slots for f in s}
+        self.embed = nn.ModuleDict()
+        if "obs" in used:
+            self.embed["obs"] = SpaceEmbedding(observation_space, d_model)
+        if "act" in used or "prev_act" in used:
+            self.embed["act"] = SpaceEmbedding(action_space, d_model)
+        if "rtg" in used:
+            self.embed["rtg"] = nn.Linear(1, d_model)
+        if "prev_rew" in used:
+            self.embed["prev_rew"] = nn.Linear(1, d_model)
+        self.max_timestep = max_timestep
+        self.time = nn.Embedding(max_timestep + 1, d_model) if max_timestep else None
+        self.ln = nn.LayerNorm(d_model)
+
+    def slot_index(self, field: str) -> int:
+        """Index of the slot holding ``field`` (``"obs"``, ``"rtg"``, ``"act_dim0"``...)."""
+        for i, slot in enumerate(self.slots):
+            if field in slot:
+                return i
+        raise KeyError(f"layout {self.layout!r} has no slot for {field!r}")
+
+    def _field(self, name: str, fields: dict[str, Tensor]) -> Tensor:
+        if name.startswith("act_dim"):
+            i = int(name[7:])
+            bins = self.discretiser.encode(fields["act"].float())[..., i]
+            return self.bin_embed(bins) + self.dim_embed.weight[i]
+        if name not in fields:
+            raise KeyError(f"layout {self.layout!r} needs field {name!r}; got {sorted(fields)}")
+        x = fields[name]
+        if name in ("rtg", "prev_rew"):
+            return self.embed[name](x.float().reshape(*x.shape[:2], 1))
+        return self.embed["act" if name == "prev_act" else name](x)
+
+    def _slot(self, i: int, fields: dict[str, Tensor]) -> Tensor:
+        tok = sum(self._field(f, fields) for f in self.slots[i])
+        if self.time is not None and "timestep" in fields:
+            tok = tok + self.time(fields["timestep"].long().clamp(0, self.max_timestep))
+        return self.ln(tok)
+
+    def forward(self, fields: dict[str, Tensor]) -> Tensor:
+        """fields [B, T, ...] -> tokens [B, T*k, D], slots interleaved per step."""
+        toks = torch.stack([self._slot(i, fields) for i in range(self.k)], 2)  # [B,T,k,D]
+        B, T = toks.shape[:2]
+        return toks.reshape(B, T * self.k, self.d_model)
+
+    def embed_slots(self, fields: dict[str, Tensor], slots: list[int]) -> Tensor:
+        """The tokens of some slots of one step, for acting. fields [B, ...] (no time
+        axis) -> [B, len(slots), D]."""
+        f = {k: v[:, None] for k, v in fields.items()}
+        return torch.cat([self._slot(i, f) for i in slots], 1)
+
+    def token_flags(self, flags: Tensor, first_only: bool = True) -> Tensor:
+        """Per-step flags [B, T] -> per-token [B, T*k]. ``first_only``: only the first slot
+        of a flagged step is flagged (episode starts); else every slot (masks)."""
+        B, T = flags.shape
+        out = flags[:, :, None].expand(B, T, self.k)
+        if first_only:
+            out = torch.cat([flags[:, :, None], torch.zeros_like(out[..., 1:])], -1)
+        return out.reshape(B, T * self.k)
+
+    def read(self, h: Tensor, field: str) -> Tensor:
+        """h [B, T*k, D] -> the outputs at the slot holding ``field``, [B, T, D]."""
+        B, L, D = h.shape
+        return h.view(B, L // self.k, self.k, D)[:, :, self.slot_index(field)]

@@ -1,0 +1,20 @@
+"""rl_seq's own Gymnasium tasks, registered under the ``rl_seq/`` namespace when ``rl_seq``
+is imported. (This folder installs as ``rl_seq.envs``, never as a top-level ``envs``.)"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+ENVS: dict[str, dict] = {
+    "rl_seq/PointGoal-v0": dict(entry_point="rl_seq.envs.point_goal:PointGoalEnv",
+                                max_episode_steps=50),
+}
+
+
+def register_envs() -> None:
+    for env_id, kwargs in ENVS.items():
+        if env_id not in gym.registry:
+            gym.register(id=env_id, **kwargs)
+
+
+register_envs()

@@ -1,0 +1,222 @@
+"""Ragged episodes stored flat: one array per field plus episode offsets.
+
+Built from a Minari dataset or from online rollouts. Episode ``e`` covers steps
+``offsets[e]:offsets[e+1]``; ``observations`` holds the observation *before* each step
+(Minari's ``T+1`` observations minus the last, which is kept in ``final_observations``).
+
+Dict observation spaces are flattened by one rule: the Box leaves, in the space's key
+order, each reshaped to a vector and concatenated (``flatten_space`` order). Dict spaces with
+non-Box leaves are refused with an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+
+
+@dataclass
+class Episodes:
+    """Flat ragged episodes. Shapes: N steps, E episodes."""
+
+    observations: np.ndarray  # [N, *obs_shape]
+    actions: np.ndarray  # [N, *act_shape]
+    rewards: np.ndarray  # [N] float32
+    terminations: np.ndarray  # [N] bool
+    truncations: np.ndarray  # [N] bool
+    offsets: np.ndarray  # [E+1] int64
+    final_observations: np.ndarray  # [E, *obs_shape]
+    observation_space: gym.Space
+    action_space: gym.Space
+    ref_min_score: float | None = None
+    ref_max_score: float | None = None
+    env_id: str | None = None
+    dataset_id: str | None = None
+    env_kwargs: dict = field(default_factory=dict)
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_episode_list(cls, episodes: list[dict], observation_space: gym.Space,
+                          action_space: gym.Space, **meta) -> Episodes:
+        """episodes: dicts with ``observations`` [T+1, ...], ``actions`` [T, ...],
+        ``rewards``, ``terminations``, ``truncations`` [T]."""
+        if not episodes:
+            raise ValueError("the dataset holds no episodes: record some before training")
+        obs_space = flat_observation_space(observation_space)
+        lengths = [len(e["rewards"]) for e in episodes]
+        if min(lengths) == 0:
+            raise ValueError("an episode has no steps; drop empty episodes before loading")
+        obs = [flatten_observations(observation_space, e["observations"]) for e in episodes]
+        out = cls(
+            observations=np.concatenate([o[:-1] for o in obs]),
+            actions=np.concatenate([np.asarray(e["actions"]) for e in episodes]),
+            rewards=np.concatenate([np.asarray(e["rewards"], np.float32) for e in episodes]),
+            terminations=np.concatenate([np.asarray(e["terminations"], bool) for e in episodes]),
+            truncations=np.concatenate([np.asarray(e["truncations"], bool) for e in episodes]),
+            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            final_observations=np.stack([o[-1] for o in obs]),
+            observation_space=obs_space, action_space=action_space, **meta)
+        out.validate()
+        return out
+
+    @classmethod
+    def from_minari(cls, dataset) -> Episodes:
+        """From a loaded ``minari.MinariDataset``."""
+        meta = dataset.storage.metadata
+        spec = dataset.spec.env_spec
+        eps = [dict(observations=e.observations, actions=e.actions, rewards=e.rewards,
+                    terminations=e.terminations, truncations=e.truncations)
+               for e in dataset.iterate_episodes()]
+        if not eps:
+            raise ValueError(f"dataset {dataset.spec.dataset_id!r} is empty: it holds no episodes")
+        return cls.from_episode_list(
+            eps, dataset.observation_space, dataset.action_space,
+            ref_min_score=meta.get("ref_min_score"), ref_max_score=meta.get("ref_max_score"),
+            env_id=spec.id if spec is not None else None,
+            env_kwargs=dict(spec.kwargs) if spec is not None else {},
+            dataset_id=dataset.spec.dataset_id)
+
+    # -- views -----------------------------------------------------------------------------
+    @property
+    def num_episodes(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def episode_index(self) -> np.ndarray:
+        """[N] episode of each step."""
+        return np.repeat(np.arange(self.num_episodes), self.lengths)
+
+    @property
+    def timesteps(self) -> np.ndarray:
+        """[N] step number within its episode."""
+        return np.arange(self.num_steps) - np.repeat(self.offsets[:-1], self.lengths)
+
+    def episode_returns(self) -> np.ndarray:
+        """[E] undiscounted return of each episode."""
+        return np.add.reduceat(self.rewards.astype(np.float64), self.offsets[:-1])
+
+    def returns_to_go(self, gamma: float = 1.0) -> np.ndarray:
+        """[N] Σ_{t'>=t} γ^(t'-t) r_t' within each episode (float32)."""
+        r = self.rewards.astype(np.float64)
+        if gamma == 1.0:
+            cs = np.cumsum(r)
+            end = cs[self.offsets[1:] - 1]
+            return (np.repeat(end, self.lengths) - cs + r).astype(np.float32)
+        out = np.empty_like(r)
+        for s, e in zip(self.offsets[:-1], self.offsets[1:]):
+            acc = 0.0
+            for i in range(e - 1, s - 1, -1):
+                acc = r[i] + gamma * acc
+                out[i] = acc
+        return out.astype(np.float32)
+
+    def observation_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std of the observations (float32; std floored at 1e-6)."""
+        x = self.observations.reshape(self.num_steps, -1).astype(np.float64)
+        return x.mean(0).astype(np.float32), np.maximum(x.std(0), 1e-6).astype(np.float32)
+
+    def normalized_score(self, returns) -> np.ndarray:
+        """Returns -> normalised score (0 = random, 1 = expert) from the reference scores."""
+        return normalized_score(returns, self.ref_min_score, self.ref_max_score, self.dataset_id)
+
+    # -- checks -----------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Clear errors for NaN/inf values and inconsistent lengths."""
+        n = self.num_steps
+        for name in ("observations", "actions", "rewards"):
+            arr = getattr(self, name)
+            if len(arr) != n:
+                raise ValueError(f"{name} has {len(arr)} rows but the episodes hold {n} steps")
+            if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+                bad = np.unique(self.episode_index[~np.isfinite(arr.reshape(n, -1)).all(1)])
+                raise ValueError(
+                    f"{self.dataset_id or 'dataset'}: {name} contain NaN or inf in episode(s) "
+                    f"{bad[:10].tolist()}{' ...' if len(bad) > 10 else ''}; drop or repair them "
+                    "(e.g. episodes.select(mask)) before training")
+
+    def select(self, keep: np.ndarray) -> Episodes:
+        """A new Episodes with only the episodes where ``keep`` [E] is True."""
+        keep = np.asarray(keep, bool)
+        idx = np.concatenate([np.arange(s, e) for s, e, k in
+                              zip(self.offsets[:-1], self.offsets[1:], keep) if k] or [[]]).astype(np.int64)
+        lengths = self.lengths[keep]
+        return Episodes(
+            self.observations[idx], self.actions[idx], self.rewards[idx], self.terminations[idx],
+            self.truncations[idx], np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            self.final_observations[keep], self.observation_space, self.action_space,
+            self.ref_min_score, self.ref_max_score, self.env_id, self.dataset_id, self.env_kwargs)
+
+    def check_spaces(self, observation_space: gym.Space, action_space: gym.Space) -> None:
+        """Raise if an env's spaces do not match the data's."""
+        obs = flat_observation_space(observation_space)
+        for what, mine, theirs in (("observation", self.observation_space, obs),
+                                   ("action", self.action_space, action_space)):
+            if not spaces_match(mine, theirs):
+                raise ValueError(
+                    f"the env's {what} space {theirs} does not match the dataset's {mine} "
+                    f"({self.dataset_id}); evaluate in the env the data came from "
+                    f"({self.env_id}) or pass a matching --env")
+
+    def summary(self) -> dict:
+        ret = self.episode_returns()
+        out = dict(dataset=self.dataset_id, env=self.env_id, episodes=self.num_episodes,
+                   steps=self.num_steps, mean_return=float(ret.mean()),
+                   max_return=float(ret.max()), mean_length=float(self.lengths.mean()))
+        if self.ref_min_score is not None and self.ref_max_score is not None:
+            out["normalized_score"] = float(self.normalized_score(ret).mean())
+        return out
+
+
+def normalized_score(returns, ref_min: float | None, ref_max: float | None,
+                     dataset_id: str | None = None) -> np.ndarray:
+    """(R - ref_min) / (ref_max - ref_min): 0 = random, 1 = expert (x100 for D4RL tables)."""
+    if ref_min is None or ref_max is None:
+        raise ValueError(
+            f"dataset {dataset_id or ''} has no reference scores (ref_min_score/ref_max_score); "
+            "pass them (--set ref_min_score=... ref_max_score=...) or record the dataset with "
+            "`rl-seq datasets make`, which sets them")
+    return (np.asarray(returns, np.float64) - ref_min) / (ref_max - ref_min)
+
+
+def spaces_match(a: gym.Space, b: gym.Space) -> bool:
+    if type(a) is not type(b) or a.shape != b.shape:
+        return False
+    if isinstance(a, gym.spaces.Box):
+        return bool(np.allclose(a.low, b.low) and np.allclose(a.high, b.high))
+    if isinstance(a, gym.spaces.Discrete):
+        return a.n == b.n and a.start == b.start
+    if isinstance(a, gym.spaces.MultiDiscrete):
+        return bool(np.array_equal(a.nvec, b.nvec))
+    return True
+
+
+def flat_observation_space(space: gym.Space) -> gym.Space:
+    """Dict spaces of Box leaves -> one Box (see module docstring); others unchanged."""
+    if not isinstance(space, gym.spaces.Dict):
+        return space
+    leaves = list(space.spaces.items())
+    for k, s in leaves:
+        if not isinstance(s, gym.spaces.Box):
+            raise TypeError(
+                f"Dict observation key {k!r} is {s}; rl_seq flattens Dict spaces of Box leaves "
+                "only - wrap the env to make that key a Box first")
+    return gym.spaces.flatten_space(space)
+
+
+def flatten_observations(space: gym.Space, obs) -> np.ndarray:
+    """Observations [T, ...] (a dict of arrays for Dict spaces) -> array [T, ...]."""
+    if not isinstance(space, gym.spaces.Dict):
+        return np.asarray(obs)
+    flat_observation_space(space)
+    parts = [np.asarray(obs[k]).reshape(len(obs[k]), -1) for k in space.spaces]
+    return np.concatenate(parts, 1).astype(np.float32)

@@ -1,0 +1,49 @@
+"""Load episodes by Minari id from the local store (``MINARI_DATASETS_PATH``), making the
+built-in datasets on first use and downloading only when asked (``download=True``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from rl_seq.data.builtin import BUILTIN, make_builtin
+from rl_seq.data.episodes import Episodes
+
+log = logging.getLogger(__name__)
+
+
+class DatasetNotFoundError(LookupError):
+    pass
+
+
+def local_datasets() -> list[str]:
+    import minari
+
+    return sorted(minari.list_local_datasets())
+
+
+def load_minari(dataset_id: str, download: bool = False):
+    """The ``minari.MinariDataset`` for an id: local, built-in (made now) or downloaded."""
+    import minari
+
+    local = local_datasets()
+    if dataset_id not in local:
+        if dataset_id in BUILTIN:
+            log.info("making built-in dataset %s (a few seconds)", dataset_id)
+            return make_builtin(dataset_id)
+        if download:
+            minari.download_dataset(dataset_id)
+            return minari.load_dataset(dataset_id)
+        store = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
+        raise DatasetNotFoundError(
+            f"dataset {dataset_id!r} is not in the local Minari store ({store}).\n"
+            f"  local datasets: {', '.join(local) or '(none)'}\n"
+            f"  built-in (made on first use): {', '.join(BUILTIN)}\n"
+            f"  to fetch it: rl-seq datasets download {dataset_id}   (or pass --download)\n"
+            f"  to use another store: export MINARI_DATASETS_PATH=/path/to/datasets")
+    return minari.load_dataset(dataset_id)
+
+
+def load_episodes(dataset_id: str, download: bool = False) -> Episodes:
+    """Episodes of a Minari dataset (see :func:`load_minari`)."""
+    return Episodes.from_minari(load_minari(dataset_id, download))

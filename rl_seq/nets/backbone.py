@@ -128,17 +128,20 @@ class Backbone(nn.Module):
             states.append(s)
         return self.ln_f(x), tuple(states)
 
-    def step_tokens(self, tokens: Tensor, state=None, reset: Tensor | None = None):
-        """tokens [B, n, D], fed in order; ``reset`` [B] flags the first of them as an
-        episode start. Returns the features of every token [B, n, D] and the state."""
+    def step_tokens(self, tokens: Tensor, state=None, resets: Tensor | None = None):
+        """tokens [B, n, D], fed one at a time; ``resets`` bool [B, n] (or [B], for the
+        first token) flags episode starts. Returns the features [B, n, D] and the state."""
         B, n, _ = tokens.shape
         if state is None:
             state = self.init_state(B, tokens.device)
-        no_reset = torch.zeros(B, dtype=torch.bool, device=tokens.device)
+        if resets is None:
+            resets = torch.zeros(B, n, dtype=torch.bool, device=tokens.device)
+        elif resets.dim() == 1:
+            resets = torch.cat([resets[:, None], resets.new_zeros(B, n - 1)], 1)
         outs = []
         for j in range(n):
             x = tokens[:, j]
-            r = reset if (j == 0 and reset is not None) else no_reset
+            r = resets[:, j]
             new = []
             for block, s in zip(self.blocks, state):
                 x, s = block.step(x, s, r)

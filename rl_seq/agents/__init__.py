@@ -1,0 +1,74 @@
+"""Agents: one class per algorithm; the named systems of DESIGN.md are presets of them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+
+from rl_seq.agents.base import Agent, EvalResult
+from rl_seq.agents.decision import DecisionAgent, DecisionConfig
+from rl_seq.config import load_config, merge
+
+# name -> (agent class, preset over the config defaults, one-line description)
+PRESETS: dict[str, tuple[type[Agent], dict, str]] = {
+    "dt": (DecisionAgent, dict(backbone=dict(mixer="attention", n_heads=1)),
+           "Decision Transformer: return-conditioned BC, causal softmax attention"),
+    "dc": (DecisionAgent, dict(backbone=dict(mixer="conv", mixer_options=dict(kernel_size=6))),
+           "Decision ConvFormer: return-conditioned BC, causal depthwise convolution"),
+    "ds4": (DecisionAgent, dict(context=100, backbone=dict(mixer="s4d", dropout=0.0)),
+            "Decision-S4: return-conditioned BC on long windows, S4D state space"),
+    "lram": (DecisionAgent, dict(backbone=dict(mixer="mlstm", n_heads=4)),
+             "xLSTM Large Recurrent Action Model: return-conditioned BC, mLSTM"),
+}
+ALGOS: dict[str, type[Agent]] = {name: cls for name, (cls, _, _) in PRESETS.items()}
+PLANNED = {"qt": "Q-Transformer (issue #5)", "gtrxl": "GTrXL recurrent PPO (issue #6)",
+           "relit": "recurrent linear transformer PPO (issue #6)", "lstm": "LSTM PPO (issue #6)"}
+
+
+def config_for(name: str, path=None, overrides: list[str] | None = None, **fields) -> Any:
+    """The config of algorithm ``name``: defaults <- preset <- ``fields`` <- YAML file <-
+    ``key=value`` overrides."""
+    if name not in PRESETS:
+        if name in PLANNED:
+            raise ValueError(f"algorithm {name!r} ({PLANNED[name]}) is not implemented yet; "
+                             f"available: {', '.join(PRESETS)}")
+        raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(PRESETS)}")
+    cls, preset, _ = PRESETS[name]
+    return load_config(cls.config_class, path, overrides, base=merge(preset, fields))
+
+
+def make_agent(name: str, env_or_spaces: Any = None, *, dataset: Any = None,
+               config: Any = None, **fields) -> Agent:
+    """Build an agent. Spaces come from ``env_or_spaces`` (an env, an env id, or an
+    ``(observation_space, action_space)`` pair) or from ``dataset`` (an id or Episodes).
+    ``fields`` are config fields (``lr=3e-4``, ``backbone={"mixer": "conv"}``)."""
+    from rl_seq.data import Episodes, load_episodes
+
+    if config is None:
+        config = config_for(name, **fields)
+    cls = PRESETS[name][0] if name in PRESETS else config_for(name)
+    if dataset is not None:
+        eps = dataset if isinstance(dataset, Episodes) else load_episodes(dataset)
+        obs_space, act_space = eps.observation_space, eps.action_space
+    elif isinstance(env_or_spaces, tuple):
+        obs_space, act_space = env_or_spaces
+    elif env_or_spaces is not None:
+        env = gym.make(env_or_spaces) if isinstance(env_or_spaces, str) else env_or_spaces
+        obs_space, act_space = env.observation_space, env.action_space
+    else:
+        raise ValueError("make_agent needs an env, a pair of spaces or a dataset")
+    agent = cls(obs_space, act_space, config)
+    agent.algo = name
+    if dataset is not None and hasattr(agent, "setup_from_data"):
+        agent.setup_from_data(eps)
+    return agent
+
+
+def load_agent(path) -> Agent:
+    """Load an agent saved with ``agent.save`` (or a run folder's final model)."""
+    return Agent.load(path)
+
+
+__all__ = ["Agent", "EvalResult", "DecisionAgent", "DecisionConfig", "ALGOS", "PRESETS",
+           "make_agent", "load_agent", "config_for"]

@@ -1,0 +1,271 @@
+"""Return-conditioned sequence policies: Decision Transformer (``dt``), Decision
+ConvFormer (``dc``), Decision-S4 (``ds4``) and the xLSTM Large Recurrent Action Model
+(``lram``) - one algorithm, four default backbones.
+
+Tokens per step: ``(R_t, s_t, a_t)``; the action of step t is predicted from the s_t token
+(it has seen R_0..R_t, s_0..s_t, a_0..a_{t-1}). Loss: MSE on continuous actions (tanh-scaled
+to the action bounds), cross-entropy on discrete ones, averaged over real (unpadded) steps.
+
+Acting feeds ``a_{t-1}, R_t, s_t`` through the backbone's step state (KV cache / recurrence),
+never recomputing the window (``acting="cached"``); ``acting="window"`` recomputes the last K
+steps each step as the original DT rollout does. The return-to-go starts at the target return
+and drops by each reward, which reaches ``predict`` as ``rewards=`` or through
+``agent.wrap_env(env)`` (SB3 loops).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rl_seq.agents.base import Agent, EvalResult, param_groups, train_offline, warmup
+from rl_seq.config import ConfigError, TrainConfig
+from rl_seq.data import Episodes, SegmentSampler, load_episodes
+from rl_seq.nets import Backbone, BackboneConfig, CategoricalHead, TanhHead
+from rl_seq.runs import Run
+from rl_seq.tokenizer import TrajectoryTokenizer
+
+
+@dataclass
+class DecisionConfig(TrainConfig):
+    """Return-conditioned sequence BC. Defaults: the reference Decision Transformer recipe."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    """The sequence model (``--backbone`` sets ``backbone.mixer``)."""
+    context: int = 20
+    """K: timesteps per training window (3K tokens)."""
+    batch_size: int = 64
+    """Windows per gradient step."""
+    lr: float = 1e-4
+    """AdamW learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay (matrices only)."""
+    warmup_steps: int = 10_000
+    """Linear learning-rate warm-up."""
+    grad_clip: float = 0.25
+    """Gradient-norm clip."""
+    return_scale: float | None = None
+    """Returns-to-go are divided by this (1000 in the D4RL recipe); None = the data's largest
+    absolute episode return, so returns-to-go lie in [-1, 1]."""
+    target_returns: list[float] | None = None
+    """Returns to condition on when acting, first = the one used in training-time
+    evaluations; None = the best episode return in the data."""
+    max_timestep: int = 1000
+    """Size of the timestep table; later steps reuse the last entry."""
+    acting: str = "cached"
+    """``cached`` (step state, constant cost) or ``window`` (recompute the last K steps)."""
+    short_episodes: str = "pad"
+    """Episodes shorter than K: ``pad``, ``drop`` or ``error``."""
+    ref_min_score: float | None = None
+    """Overrides the dataset's reference score for 0 (random)."""
+    ref_max_score: float | None = None
+    """Overrides the dataset's reference score for 1 (expert)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.acting not in ("cached", "window"):
+            raise ConfigError(f"acting must be 'cached' or 'window', got {self.acting!r}")
+        if self.context < 1:
+            raise ConfigError(f"context must be >= 1, got {self.context}")
+
+
+class DecisionModel(nn.Module):
+    def __init__(self, obs_space: gym.Space, act_space: gym.Space, cfg: DecisionConfig) -> None:
+        super().__init__()
+        D = cfg.backbone.d_model
+        tok = TrajectoryTokenizer(obs_space, act_space, D, "rtg,obs,act", cfg.max_timestep)
+        self.backbone = Backbone(tok, cfg.backbone)
+        self.discrete = isinstance(act_space, gym.spaces.Discrete)
+        self.head = CategoricalHead(D, int(act_space.n)) if self.discrete else TanhHead(D, act_space)
+        self.register_buffer("return_scale", torch.ones(()))
+
+    def fields(self, obs, act, rtg, timestep) -> dict:
+        return dict(obs=obs, act=act, rtg=rtg / self.return_scale, timestep=timestep)
+
+    def forward(self, fields: dict, episode_start: torch.Tensor) -> torch.Tensor:
+        """fields [B,K,...] -> action outputs at the state tokens: [B,K,d] (continuous) or
+        logits [B,K,n] (discrete)."""
+        h, _ = self.backbone(fields, None, episode_start)
+        h = self.backbone.tokenizer.read(h, "obs")
+        return self.head.net(h) if self.discrete else self.head(h)
+
+
+@dataclass
+class DecisionState:
+    """Acting context, one row per env."""
+
+    rtg: np.ndarray  # [n] return-to-go, raw units
+    t: np.ndarray  # [n] step within the episode
+    prev_action: torch.Tensor  # [n, *act_shape]
+    backbone: tuple | None = None  # cached mode
+    history: dict | None = None  # window mode: obs/act/rtg/timestep [n,K,...], valid [n,K]
+    feed: object = None  # RewardFeed from wrap_env, if any
+
+
+class DecisionAgent(Agent):
+    config_class = DecisionConfig
+
+    def _build(self) -> nn.Module:
+        cfg = self.config
+        if cfg.backbone.mixer == "attention" and "window" not in cfg.backbone.mixer_options:
+            # the cache keeps the last K steps, like the training windows
+            cfg.backbone.mixer_options = {**cfg.backbone.mixer_options, "window": 3 * cfg.context}
+        model = DecisionModel(self.observation_space, self.action_space, cfg)
+        if "return_scale" in self.meta:
+            model.return_scale.fill_(self.meta["return_scale"])
+        return model
+
+    # -- data ---------------------------------------------------------------------------
+    def setup_from_data(self, episodes: Episodes) -> None:
+        """Observation statistics, return scale, target returns and reference scores."""
+        cfg = self.config
+        episodes.check_spaces(self.observation_space, self.action_space)
+        returns = episodes.episode_returns()
+        scale = cfg.return_scale or float(np.abs(returns).max()) or 1.0
+        targets = cfg.target_returns or [float(returns.max())]
+        self.meta.update(
+            return_scale=scale, target_returns=[float(x) for x in targets],
+            target_return=float(targets[0]), env_id=episodes.env_id,
+            env_kwargs=episodes.env_kwargs, dataset_id=episodes.dataset_id,
+            ref_min_score=cfg.ref_min_score if cfg.ref_min_score is not None else episodes.ref_min_score,
+            ref_max_score=cfg.ref_max_score if cfg.ref_max_score is not None else episodes.ref_max_score)
+        self.model.return_scale.fill_(scale)
+        tok = self.model.backbone.tokenizer
+        if tok.embed["obs"].kind == "box":
+            tok.embed["obs"].set_normalization(*episodes.observation_stats())
+
+    # -- training -------------------------------------------------------------------------
+    def learn(self, dataset: str | Episodes, steps: int | None = None, run_dir=None,
+              resume: bool = False, run: Run | None = None) -> dict:
+        """Train on a dataset (id or Episodes). Returns ``{"last", "best"}`` evaluations."""
+        cfg = self.config
+        steps = steps or cfg.steps
+        episodes = load_episodes(dataset) if isinstance(dataset, str) else dataset
+        self.setup_from_data(episodes)
+        sampler = SegmentSampler(episodes, cfg.context, seed=cfg.seed,
+                                 short_episodes=cfg.short_episodes)
+        opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps))
+        if run is None and run_dir is not None:
+            run = Run(run_dir, {"algo": self.algo, "dataset": episodes.dataset_id}, resume)
+        dev = self.device
+
+        def update(batch: dict) -> dict:
+            b = {k: torch.as_tensor(v, device=dev) for k, v in batch.items()}
+            obs = b["obs"].float() if b["obs"].is_floating_point() else b["obs"]
+            fields = self.model.fields(obs, b["act"], b["rtg"], b["timestep"])
+            pred = self.model(fields, b["episode_start"])
+            mask = b["mask"].float()
+            if self.model.discrete:
+                per_step = F.cross_entropy(pred.transpose(1, 2), b["act"].long(), reduction="none")
+            else:
+                per_step = ((pred - b["act"].float()) ** 2).mean(-1)
+            loss = (per_step * mask).sum() / mask.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            return {"loss": loss.item(), "grad_norm": gnorm.item()}
+
+        evaluate = None
+        if self.meta.get("env_id") and cfg.eval_episodes > 0:
+            def evaluate() -> EvalResult:
+                return self.evaluate(episodes=cfg.eval_episodes, seed=10_000 + 100 * cfg.seed)
+        return train_offline(self, sampler, update, opt, sched, run, steps, resume, evaluate)
+
+    def evaluate(self, env=None, episodes: int = 10, seed: int = 10_000,
+                 deterministic: bool = True, target_return: float | None = None) -> EvalResult:
+        """As :meth:`Agent.evaluate`, conditioned on ``target_return`` (default: the
+        first of the config's target returns)."""
+        old = self.meta.get("target_return")
+        if target_return is not None:
+            self.meta["target_return"] = float(target_return)
+        try:
+            return super().evaluate(env, episodes, seed, deterministic)
+        finally:
+            self.meta["target_return"] = old
+
+    # -- acting -----------------------------------------------------------------------------
+    def _act(self, obs, state: DecisionState | None, episode_start, rewards, deterministic):
+        n = obs.shape[0]
+        target = self.meta.get("target_return")
+        if target is None:
+            raise RuntimeError("the agent has no target return yet: train it (learn) or load a trained one")
+        if state is None:
+            act0 = torch.zeros((n, *self.action_space.shape), device=self.device,
+                               dtype=torch.long if self.model.discrete else torch.float32)
+            state = DecisionState(rtg=np.full(n, target, np.float64), t=np.zeros(n, np.int64),
+                                  prev_action=act0, feed=getattr(self, "reward_feed", None))
+            episode_start = np.ones(n, bool)
+        if rewards is None and state.feed is not None:
+            rewards = state.feed.pop()
+        cont = ~episode_start
+        if cont.any():
+            if rewards is None:
+                raise ValueError(
+                    "a return-conditioned agent needs the rewards of the previous step: pass "
+                    "predict(..., rewards=r), or in SB3 loops (evaluate_policy) wrap the env "
+                    "first: env = agent.wrap_env(env)")
+            state.rtg = np.where(cont, state.rtg - rewards, target)
+            state.t = np.where(cont, state.t + 1, 0)
+        else:
+            state.rtg[:], state.t[:] = target, 0
+        if self.config.acting == "window":
+            h = self._window_features(obs, state, episode_start)
+        else:
+            h = self._cached_features(obs, state, episode_start)
+        if self.model.discrete:
+            logits = self.model.head.net(h)
+            action = logits.argmax(-1) if deterministic else torch.distributions.Categorical(logits=logits).sample()
+        else:
+            action = self.model.head(h)
+        state.prev_action = action
+        return action.cpu().numpy(), state
+
+    def _step_fields(self, obs, state):
+        dev = self.device
+        rtg = torch.as_tensor(state.rtg, dtype=torch.float32, device=dev)
+        t = torch.as_tensor(state.t, device=dev)
+        return rtg, t
+
+    def _cached_features(self, obs, state: DecisionState, episode_start) -> torch.Tensor:
+        """Feed a_{t-1}, R_t, s_t; the reset flag sits on R_t of a new episode."""
+        tok = self.model.backbone.tokenizer
+        rtg, t = self._step_fields(obs, state)
+        fields = self.model.fields(obs, state.prev_action, rtg, t)
+        a_tok = tok.embed_slots({**fields, "timestep": (t - 1).clamp(min=0)}, [tok.slot_index("act")])
+        rs_tok = tok.embed_slots(fields, [tok.slot_index("rtg"), tok.slot_index("obs")])
+        resets = torch.zeros(obs.shape[0], 3, dtype=torch.bool, device=self.device)
+        resets[:, 1] = torch.as_tensor(episode_start, device=self.device)
+        h, state.backbone = self.model.backbone.step_tokens(torch.cat([a_tok, rs_tok], 1),
+                                                            state.backbone, resets)
+        return h[:, 2]
+
+    def _window_features(self, obs, state: DecisionState, episode_start) -> torch.Tensor:
+        """Recompute the last K steps (the original DT rollout)."""
+        K, n = self.config.context, obs.shape[0]
+        rtg, t = self._step_fields(obs, state)
+        hist = state.history
+        if hist is None:
+            hist = dict(obs=obs.new_zeros((n, K, *obs.shape[1:])),
+                        act=state.prev_action.new_zeros((n, K, *state.prev_action.shape[1:])),
+                        rtg=rtg.new_zeros(n, K), timestep=t.new_zeros(n, K),
+                        valid=torch.zeros(n, K, dtype=torch.bool, device=self.device))
+        start = torch.as_tensor(episode_start, device=self.device)
+        hist["act"][:, -1] = state.prev_action  # the action taken after the newest step
+        hist["valid"] = hist["valid"] & ~start[:, None]
+        for k, v in (("obs", obs), ("act", torch.zeros_like(state.prev_action)), ("rtg", rtg),
+                     ("timestep", t), ("valid", torch.ones_like(start))):
+            hist[k] = torch.cat([hist[k][:, 1:], v[:, None]], 1)
+        state.history = hist
+        valid = hist["valid"]
+        first = valid & ~torch.cat([torch.zeros_like(valid[:, :1]), valid[:, :-1]], 1)
+        fields = self.model.fields(hist["obs"], hist["act"], hist["rtg"], hist["timestep"])
+        h, _ = self.model.backbone(fields, None, first)
+        return self.model.backbone.tokenizer.read(h, "obs")[:, -1]

@@ -1,0 +1,202 @@
+"""Configs: one dataclass per algorithm, YAML presets, ``key=value`` overrides.
+
+Every field has a type, a default and a docstring. ``load_config(cls, path, overrides)``
+starts from the defaults, applies a YAML file, then ``a.b=c`` overrides (values parsed as
+YAML). An unknown or mistyped key is an error that lists the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    """Fields every algorithm shares: budget, seeding, logging, evaluation, checkpoints."""
+
+    steps: int = 10_000
+    """Gradient steps (offline) or environment steps (online)."""
+    seed: int = 0
+    """Seeds torch, numpy, the sampler and the evaluation envs."""
+    eval_every: int = 2_000
+    """Evaluate every this many steps (0 = only at the end)."""
+    eval_episodes: int = 10
+    """Episodes per evaluation (run in parallel in a vector env)."""
+    log_every: int = 100
+    """Log training metrics every this many steps."""
+    checkpoint_every: int = 1_000
+    """Write the resumable checkpoint every this many steps."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    threads: int = 0
+    """torch CPU threads (0 = torch's default)."""
+    wandb: bool = False
+    """Log to Weights & Biases too (offline unless WANDB_MODE says otherwise)."""
+    wandb_project: str = "rl_seq"
+    """wandb project name."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return build(tp, value, prefix=f"{key}.")
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML reads "3e-4" as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be float, got {value!r}") from None
+    if tp in (int, str, bool):
+        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+            return value
+        raise ConfigError(f"{key} must be {tp.__name__}, got {value!r}")
+    base = origin or tp
+    if base in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        return [v if item is Any else _coerce(v, item, key) for v in value]
+    if base is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown key {key!r} for {where}{hint}; valid keys: {', '.join(valid)}")
+
+
+def build(cls, values: dict, prefix: str = ""):
+    """Instantiate config ``cls`` from a (possibly nested) dict, checking keys and types."""
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in values.items():
+        if k not in names:
+            raise _unknown(prefix + k, [prefix + n for n in names], cls.__name__)
+        kwargs[k] = _coerce(v, hints[k], prefix + k)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    """``["a.b=1", "c=x"]`` -> ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML)."""
+    out: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. lr=3e-4)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and value.lower() in ("none", "null"):
+            value = None
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict | None = None):
+    """Defaults <- ``base`` <- YAML file <- overrides; returns a checked ``cls``."""
+    values = to_dict(cls())
+    if base:
+        values = merge(values, base)
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
+        data.pop("algo", None)
+        values = merge(values, data)
+    if overrides:
+        values = merge(values, parse_overrides(overrides))
+    return build(cls, values)
+
+
+def describe(cls) -> list[tuple[str, str, str]]:
+    """(key, default, doc) for every field, nested ones dotted - for ``--help`` and errors."""
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for a, b in zip(body, body[1:]):
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+                docs[a.target.id] = " ".join(str(b.value.value).split())
+    rows = []
+    hints = _hints(cls)
+    default = cls()
+    for f in dataclasses.fields(cls):
+        val = getattr(default, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows += [(f"{f.name}.{k}", d, doc) for k, d, doc in describe(hints[f.name])]
+        else:
+            rows.append((f.name, repr(val), docs.get(f.name, "")))
+    return rows

@@ -1,0 +1,333 @@
+"""The ``rl-seq`` command: train, eval, datasets, bench, plot, list."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+EPILOGS = {
+    "main": """examples:
+  rl-seq train dt --dataset rl_seq/pointgoal/medium-v0 --steps 2000
+  rl-seq eval runs/dt-rl_seq_pointgoal_medium-v0-s0 --episodes 20 --json
+  rl-seq datasets list
+  rl-seq bench kernels
+  rl-seq plot runs/dt-* --out curves.png
+  rl-seq list""",
+    "train": """examples:
+  rl-seq train dt --dataset rl_seq/pointgoal/medium-v0
+  rl-seq train dt --dataset hopper/medium-v0 --config configs/dt/hopper.yaml --seed 1
+  rl-seq train dc --dataset hopper/medium-v0 --set lr=3e-4 --set backbone.n_layers=4
+  rl-seq train dt --dataset hopper/medium-v0 --backbone mlstm --set backbone.n_heads=4
+  rl-seq train dt --dataset hopper/medium-v0 --out runs/dt-hopper --resume
+
+Every config key (--set key=value, dotted for nested keys):
+""",
+    "eval": """examples:
+  rl-seq eval runs/dt-hopper --episodes 10
+  rl-seq eval runs/dt-hopper --target-return 3600 --json""",
+    "datasets": """examples:
+  rl-seq datasets list
+  rl-seq datasets info hopper/medium-v0
+  rl-seq datasets download D4RL/door/human-v2
+  rl-seq datasets make Pendulum-v1 --name test/pendulum --expert-steps 60000""",
+    "bench": """examples:
+  rl-seq bench kernels --json bench_kernels.json
+  rl-seq bench sampler --dataset hopper/medium-v0
+  rl-seq bench train --threads 1 2""",
+    "plot": """examples:
+  rl-seq plot runs/dt-hopper-s0 runs/dt-hopper-s1 --out dt.png""",
+}
+
+
+class CLIError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser("rl-seq", description="Sequence-model RL agents: train, evaluate, "
+                                "make datasets, benchmark.", epilog=EPILOGS["main"], formatter_class=fmt)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    from rl_seq.agents import PRESETS, config_for
+    from rl_seq.config import describe
+
+    keys = "\n".join(f"  {k:32s} {d:>10s}  {doc}" for k, d, doc in
+                     describe(type(config_for("dt"))))
+    t = sub.add_parser("train", help="train an agent", epilog=EPILOGS["train"] + keys,
+                       formatter_class=fmt, description="Train ALGO offline on a Minari dataset "
+                       "(--dataset) and evaluate it in the dataset's env (or --env).")
+    t.add_argument("algo", help=f"one of {', '.join(PRESETS)} (qt, gtrxl, relit, lstm: planned)")
+    t.add_argument("--dataset", help="Minari dataset id (local, built-in, or --download)")
+    t.add_argument("--env", help="Gymnasium env id to evaluate in (default: the dataset's)")
+    t.add_argument("--backbone", help="swap the mixer (attention, conv, s4d, mlstm, ...)")
+    t.add_argument("--config", help="YAML config file (see configs/)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable), e.g. --set lr=3e-4")
+    t.add_argument("--steps", type=int, help="training steps (config: steps)")
+    t.add_argument("--seed", type=int, help="seed for torch, numpy, sampler and envs (config: seed)")
+    t.add_argument("--out", help="run folder (default runs/ALGO-DATASET-sSEED)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--wandb", action="store_true", help="also log to wandb (offline by default)")
+    t.add_argument("--download", action="store_true", help="download the dataset if not local")
+
+    e = sub.add_parser("eval", help="evaluate a trained run", epilog=EPILOGS["eval"], formatter_class=fmt)
+    e.add_argument("run_dir", help="a run folder (or a saved agent folder)")
+    e.add_argument("--env", help="env id (default: the training data's env)")
+    e.add_argument("--episodes", type=int, default=10)
+    e.add_argument("--seed", type=int, default=10_000, help="seed of the first episode")
+    e.add_argument("--target-return", type=float, help="return to condition on (return-conditioned agents)")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+
+    d = sub.add_parser("datasets", help="list, inspect, download or make datasets",
+                       epilog=EPILOGS["datasets"], formatter_class=fmt)
+    dsub = d.add_subparsers(dest="action", required=True)
+    dsub.add_parser("list", help="datasets in the local Minari store and built-in ones")
+    di = dsub.add_parser("info", help="summary of one dataset")
+    di.add_argument("dataset")
+    dd = dsub.add_parser("download", help="download a dataset from the Minari remote")
+    dd.add_argument("dataset")
+    dm = dsub.add_parser("make", help="make D4RL-style levels for a Gymnasium env")
+    dm.add_argument("env_id")
+    dm.add_argument("--name", required=True, help="NAMESPACE/NAME; levels become NAMESPACE/NAME/LEVEL-v0")
+    dm.add_argument("--levels", nargs="+", default=["random", "medium", "medium-replay", "expert"])
+    dm.add_argument("--expert-steps", type=int, default=100_000, help="PPO training steps of the expert")
+    dm.add_argument("--steps-per-level", type=int, default=20_000, help="transitions per level")
+    dm.add_argument("--checkpoints", type=int, default=10, help="expert checkpoints to choose medium from")
+    dm.add_argument("--medium-fraction", type=float, default=0.4,
+                    help="medium = the checkpoint closest to this fraction from random to expert")
+    dm.add_argument("--n-envs", type=int, default=4)
+    dm.add_argument("--seed", type=int, default=0)
+
+    b = sub.add_parser("bench", help="speed benchmarks (print a table, write JSON)",
+                       epilog=EPILOGS["bench"], formatter_class=fmt)
+    bsub = b.add_subparsers(dest="what", required=True)
+    bk = bsub.add_parser("kernels", help="mixer throughput, per-step latency and state size")
+    bk.add_argument("--json", default="bench_kernels.json", help="where to write the results")
+    bk.add_argument("--histories", type=int, nargs="+", default=[20, 100, 1000, 10000])
+    bk.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    bs = bsub.add_parser("sampler", help="segment sampler batches/s")
+    bs.add_argument("--dataset", default="rl_seq/pointgoal/medium-v0")
+    bs.add_argument("--json", default="bench_sampler.json")
+    bt = bsub.add_parser("train", help="training step time and acting ms/step per algorithm")
+    bt.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    bt.add_argument("--json", default="bench_train.json")
+    bt.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+
+    pl = sub.add_parser("plot", help="learning curves of run folders", epilog=EPILOGS["plot"],
+                        formatter_class=fmt)
+    pl.add_argument("run_dirs", nargs="+")
+    pl.add_argument("--out", default="curves.png")
+
+    sub.add_parser("list", help="algorithms, backbones, local datasets and built-in envs")
+    return p
+
+
+def cmd_train(a) -> int:
+    import yaml
+
+    from rl_seq.agents import config_for, make_agent
+    from rl_seq.config import to_dict
+    from rl_seq.data import load_episodes
+    from rl_seq.plot import plot_runs
+    from rl_seq.runs import Run, seed_everything
+
+    if not a.dataset:
+        if a.env:
+            raise CLIError(f"online training of {a.algo!r} with --env is not available yet (issue #6); "
+                           "train offline with --dataset ID")
+        raise CLIError("give --dataset ID (see `rl-seq datasets list`)")
+    overrides = list(a.set)
+    if a.steps is not None:
+        overrides.append(f"steps={a.steps}")
+    if a.seed is not None:
+        overrides.append(f"seed={a.seed}")
+    if a.backbone:
+        overrides.append(f"backbone.mixer={a.backbone}")
+    if a.wandb:
+        overrides.append("wandb=true")
+    cfg = config_for(a.algo, a.config, overrides)
+    out = Path(a.out or f"runs/{a.algo}-{a.dataset.replace('/', '_')}-s{cfg.seed}")
+    seed_everything(cfg.seed)
+    episodes = load_episodes(a.dataset, download=a.download)
+    if a.env:
+        episodes.env_id, episodes.env_kwargs = a.env, {}
+    run_cfg = dict(algo=a.algo, dataset=a.dataset, env=episodes.env_id, config=to_dict(cfg))
+    run = Run(out, run_cfg, resume=a.resume, wandb=cfg.wandb, wandb_project=cfg.wandb_project)
+    agent = make_agent(a.algo, dataset=episodes, config=cfg)
+    if a.env:
+        import gymnasium as gym
+
+        env = gym.make(a.env)
+        episodes.check_spaces(env.observation_space, env.action_space)
+    print(f"run folder: {out}")
+    result = agent.learn(episodes, run=run, resume=a.resume)
+    agent.save(out / "model")
+    targets = {}
+    for tr in agent.meta.get("target_returns", [])[1:]:
+        targets[str(tr)] = agent.evaluate(episodes=cfg.eval_episodes, seed=10_000 + 100 * cfg.seed,
+                                          target_return=tr).to_dict()
+    report = dict(last=result["last"], best=result["best"], other_targets=targets,
+                  note="last = evaluation at the final step; best = the best periodic evaluation")
+    run.write_json("eval.json", report)
+    run.close()
+    if result["last"] is not None:
+        plot_runs([out], out / "plot.png")
+        _print_eval(result["last"], "last evaluation", result["best"])
+    print(yaml.safe_dump({"run": str(out), "model": str(out / "model")}, sort_keys=False).strip())
+    return 0
+
+
+def _print_eval(res: dict, title: str, best: dict | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    tab = Table(title=title)
+    for c in ("", "mean return", "std", "normalised score (x100)", "episodes", "step"):
+        tab.add_column(c)
+    rows = [("last", res)] + ([("best", best)] if best else [])
+    for name, r in rows:
+        ns = r.get("normalized_score")
+        tab.add_row(name, f"{r['mean_return']:.2f}", f"{r['std_return']:.2f}",
+                    "n/a (no reference scores)" if ns is None else f"{ns:.3f} ({100 * ns:.1f})",
+                    str(r["episodes"]), str(r.get("step", "")))
+    Console().print(tab)
+
+
+def cmd_eval(a) -> int:
+    from rl_seq.agents import load_agent
+
+    agent = load_agent(a.run_dir)
+    kwargs = dict(episodes=a.episodes, seed=a.seed)
+    if a.target_return is not None:
+        if not hasattr(agent, "setup_from_data"):
+            raise CLIError(f"--target-return applies to return-conditioned agents, not {agent.algo}")
+        kwargs["target_return"] = a.target_return
+    res = agent.evaluate(a.env, **kwargs).to_dict()
+    path = Path(a.run_dir) / "eval.json"
+    report = json.loads(path.read_text()) if path.exists() else {}
+    report["eval"] = res
+    from rl_seq.runs import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(report, indent=2) + "\n").encode())
+    if a.json:
+        print(json.dumps(res))
+    else:
+        _print_eval(res, f"{agent.algo} evaluation ({a.episodes} episodes)")
+    return 0
+
+
+def cmd_datasets(a) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rl_seq.data import BUILTIN, load_episodes, load_minari, local_datasets
+
+    con = Console()
+    if a.action == "list":
+        tab = Table(title="datasets")
+        for c in ("id", "where", "episodes", "steps"):
+            tab.add_column(c)
+        import minari
+
+        for ds_id, meta in sorted(minari.list_local_datasets().items()):
+            tab.add_row(ds_id, "local", str(meta.get("total_episodes", "")), str(meta.get("total_steps", "")))
+        local = set(local_datasets())
+        for ds_id in BUILTIN:
+            if ds_id not in local:
+                tab.add_row(ds_id, "built-in (made on first use)", "", "")
+        con.print(tab)
+    elif a.action == "info":
+        s = load_episodes(a.dataset).summary()
+        tab = Table(title=a.dataset)
+        tab.add_column("field")
+        tab.add_column("value")
+        for k, v in s.items():
+            tab.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+        con.print(tab)
+    elif a.action == "download":
+        load_minari(a.dataset, download=True)
+        print(f"downloaded {a.dataset}")
+    elif a.action == "make":
+        from rl_seq.data.maker import make_datasets
+
+        make_datasets(a.env_id, a.name, levels=a.levels, expert_steps=a.expert_steps,
+                      steps_per_level=a.steps_per_level, checkpoints=a.checkpoints,
+                      medium_fraction=a.medium_fraction, n_envs=a.n_envs, seed=a.seed)
+    return 0
+
+
+def cmd_bench(a) -> int:
+    from rl_seq import bench
+
+    if a.what == "kernels":
+        bench.bench_kernels(a.json, histories=a.histories, quick=a.quick)
+    elif a.what == "sampler":
+        bench.bench_sampler(a.dataset, a.json)
+    else:
+        bench.bench_train(a.json, threads=a.threads, quick=a.quick)
+    return 0
+
+
+def cmd_plot(a) -> int:
+    from rl_seq.plot import plot_runs
+
+    print(plot_runs([Path(d) for d in a.run_dirs], Path(a.out)))
+    return 0
+
+
+def cmd_list(a) -> int:
+    import gymnasium as gym
+    from rich.console import Console
+    from rich.table import Table
+
+    from rl_seq.agents import PLANNED, PRESETS
+    from rl_seq.data import BUILTIN, local_datasets
+    from rl_seq.kernels import MIXERS
+
+    con = Console()
+    tab = Table(title="algorithms")
+    tab.add_column("name")
+    tab.add_column("default backbone")
+    tab.add_column("description")
+    for name, (_, preset, desc) in PRESETS.items():
+        tab.add_row(name, preset.get("backbone", {}).get("mixer", ""), desc)
+    for name, desc in PLANNED.items():
+        tab.add_row(name, "", f"planned: {desc}")
+    con.print(tab)
+    con.print(f"[bold]backbones (mixers):[/bold] {', '.join(MIXERS)}")
+    local = local_datasets()
+    con.print(f"[bold]local datasets:[/bold] {', '.join(local) or '(none)'}")
+    con.print(f"[bold]built-in datasets:[/bold] {', '.join(d for d in BUILTIN if d not in local)}")
+    con.print(f"[bold]built-in envs:[/bold] {', '.join(e for e in gym.registry if e.startswith('rl_seq/'))}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    import rl_seq  # noqa: F401  (registers envs)
+    from rl_seq.config import ConfigError
+    from rl_seq.data import DatasetNotFoundError
+    from rl_seq.runs import CheckpointError
+
+    handlers = {"train": cmd_train, "eval": cmd_eval, "datasets": cmd_datasets,
+                "bench": cmd_bench, "plot": cmd_plot, "list": cmd_list}
+    try:
+        return handlers[args.cmd](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ConfigError, DatasetNotFoundError, CheckpointError, FileExistsError,
+            FileNotFoundError, ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

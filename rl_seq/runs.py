@@ -103,7 +103,7 @@ class Run:
         cfg_path = self.dir / "config.yaml"
         if resume and cfg_path.exists():
             old = yaml.safe_load(cfg_path.read_text())
-            if old != config:
+            if _without_steps(old) != _without_steps(config):
                 changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
                 raise ValueError(f"--resume with a different config (changed: {changed}); "
                                  "resume with the same settings or start a new run")
@@ -157,6 +157,12 @@ class Run:
             self.wandb.finish()
 
 
+def _without_steps(config: dict) -> dict:
+    """A resumed run may extend its budget; every other setting must match."""
+    inner = {k: v for k, v in (config.get("config") or {}).items() if k != "steps"}
+    return {**config, "config": inner}
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
@@ -192,8 +198,15 @@ def _init_wandb(config: dict, run_dir: Path, project: str):
 
 def progress(total: int, description: str, start: int = 0):
     """A rich progress bar with steps/s, ETA and a free-text metrics field."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
-                               TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class Speed(ProgressColumn):

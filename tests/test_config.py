@@ -1,0 +1,42 @@
+"""Config overrides and their errors."""
+
+import pytest
+
+from rl_seq.agents import config_for
+from rl_seq.config import ConfigError, parse_overrides
+
+
+def test_preset_file_and_overrides_stack(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("algo: dt\nlr: 0.001\nbackbone:\n  n_layers: 5\n")
+    cfg = config_for("dc", f, ["lr=3e-4", "backbone.mixer_options.kernel_size=4", "target_returns=[1, 2]"])
+    assert cfg.backbone.mixer == "conv"  # preset
+    assert cfg.backbone.n_layers == 5  # file
+    assert cfg.lr == 3e-4 and isinstance(cfg.lr, float)  # override beats file
+    assert cfg.backbone.mixer_options == {"kernel_size": 4}
+    assert cfg.target_returns == [1.0, 2.0]
+
+
+def test_unknown_key_lists_valid_keys_and_suggests():
+    with pytest.raises(ConfigError, match=r"unknown key 'lrr'.*did you mean 'lr'.*valid keys: steps"):
+        config_for("dt", overrides=["lrr=1"])
+    with pytest.raises(ConfigError, match=r"backbone.n_layer.*did you mean 'backbone.n_layers'"):
+        config_for("dt", overrides=["backbone.n_layer=2"])
+
+
+def test_bad_types_and_values():
+    with pytest.raises(ConfigError, match="steps must be int"):
+        config_for("dt", overrides=["steps=many"])
+    with pytest.raises(ConfigError, match="acting must be"):
+        config_for("dt", overrides=["acting=fast"])
+    with pytest.raises(ConfigError, match="unknown mixer"):
+        config_for("dt", overrides=["backbone.mixer=transformer"])
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["lr"])
+
+
+def test_unknown_and_planned_algorithms():
+    with pytest.raises(ValueError, match="unknown algorithm 'ppo'; choose one of dt"):
+        config_for("ppo")
+    with pytest.raises(ValueError, match="not implemented yet"):
+        config_for("qt")

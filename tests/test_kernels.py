@@ -1,0 +1,141 @@
+"""The laws every mixer obeys (DESIGN.md, kernel backend)."""
+
+import pytest
+import torch
+
+from rl_seq.kernels import MIXERS, make_mixer, resolve_backend
+
+D, H = 16, 2
+TOL = 1e-5
+
+
+def build(name, backend="torch", seed=0):
+    torch.manual_seed(seed)
+    opts = {"attention": dict(window=9), "xl_attention": dict(memory=7)}.get(name, {})
+    return make_mixer(name, D, H, backend=backend, **opts).eval()
+
+
+def warm_state(m, B=3):
+    with torch.no_grad():
+        return m(torch.randn(B, 5, D))[1]
+
+
+def max_diff(a, b):
+    if isinstance(a, tuple):
+        return max((max_diff(x, y) for x, y in zip(a, b)), default=0.0)
+    if a.dtype == torch.bool:
+        return float((a != b).any())
+    return (a - b).abs().max().item() if a.numel() else 0.0
+
+
+def example(B=3, T=13, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, D, generator=g)
+    resets = torch.zeros(B, T, dtype=torch.bool)
+    if B >= 3:
+        resets[0, min(4, T - 1)] = resets[0, min(9, T - 1)] = True  # resets inside a row
+        resets[1, 0] = True  # reset on the first token
+    return x, resets
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_forward_equals_steps(name):
+    m = build(name)
+    x, resets = example()
+    _, state = m(torch.randn(3, 5, D))  # a warm incoming state
+    y, final = m(x, state, resets)
+    s, ys = state, []
+    for t in range(x.shape[1]):
+        yt, s = m.step(x[:, t], s, resets[:, t])
+        ys.append(yt)
+    assert max_diff(y, torch.stack(ys, 1)) < TOL
+    if name not in ("attention",):  # the KV cache keeps its history in another layout
+        assert max_diff(final, s) < TOL
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_reset_equals_separate_sequences(name):
+    m = build(name)
+    x, _ = example(B=1, T=11)
+    resets = torch.zeros(1, 11, dtype=torch.bool)
+    resets[0, 6] = True
+    _, state = m(torch.randn(1, 4, D))
+    y, final = m(x, state, resets)
+    y1, _ = m(x[:, :6], state)
+    y2, final2 = m(x[:, 6:])  # a fresh sequence: no state
+    assert max_diff(y[:, :6], y1) < TOL
+    assert max_diff(y[:, 6:], y2) < TOL
+    # the states behave the same: the next token sees the same past
+    probe = torch.randn(1, 3, D)
+    assert max_diff(m(probe, final)[0], m(probe, final2)[0]) < TOL
+
+
+@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("T", [1, 7, 37])
+def test_fast_equals_reference_with_gradients(name, T):
+    fast, ref = build(name), build(name, backend="reference")
+    ref.load_state_dict(fast.state_dict())
+    x, resets = example(T=T)
+    resets = resets[:, :T]
+    state = warm_state(fast)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    (yf, sf), (yr, sr) = fast(xs[0], state, resets), ref(xs[1], state, resets)
+    assert max_diff(yf, yr) < TOL
+    assert max_diff(sf, sr) < TOL
+    w = torch.randn_like(yf)
+    (yf * w).sum().backward()
+    (yr * w).sum().backward()
+    assert max_diff(xs[0].grad, xs[1].grad) < 1e-4
+    for (n, pf), pr in zip(fast.named_parameters(), ref.parameters()):
+        assert pf.grad is not None, f"no gradient reaches {n}"
+        assert (pf.grad - pr.grad).abs().max() < 1e-4 * max(1.0, pr.grad.abs().max()), n
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_gradients_reach_every_parameter(name):
+    m = build(name).train()
+    x, resets = example(T=9)
+    state = warm_state(m)
+    y, _ = m(x, state, resets)
+    y.square().mean().backward()
+    missing = [n for n, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"no gradient for {missing}"
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_shape_errors_are_clear(name):
+    m = build(name)
+    with pytest.raises(ValueError, match=r"\[B, T, 16\]"):
+        m(torch.randn(2, 5, D + 1))
+    with pytest.raises(ValueError, match="resets must have shape"):
+        m(torch.randn(2, 5, D), resets=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"\[B, 16\]"):
+        m.step(torch.randn(2, 3, D))
+    with pytest.raises(TypeError, match="floating"):
+        m(torch.zeros(2, 5, D, dtype=torch.long))
+
+
+def test_unknown_mixer_and_backend():
+    with pytest.raises(ValueError, match="choose one of"):
+        make_mixer("transformer", D, H)
+    with pytest.raises(ValueError, match="unknown backend"):
+        resolve_backend("cuda", "attention")
+    with pytest.raises(TypeError, match="bad option for mixer 'conv'"):
+        make_mixer("conv", D, 1, window=3)
+
+
+def test_accelerated_falls_back_with_a_log_line(caplog):
+    with caplog.at_level("WARNING"):
+        assert resolve_backend("accelerated", "mlstm") == "torch"
+    assert "falls back to 'torch'" in caplog.text
+
+
+def test_attention_window_limits_what_a_token_sees():
+    m = build("attention")  # window 9
+    x, _ = example(B=1, T=20)
+    y, _ = m(x)
+    x2 = x.clone()
+    x2[:, :5] += 1.0  # tokens more than 8 before position 14 cannot matter
+    y2, _ = m(x2)
+    assert max_diff(y[:, 14:], y2[:, 14:]) < TOL
+    assert max_diff(y[:, 5:13], y2[:, 5:13]) > 1e-3

@@ -40,7 +40,7 @@ def test_dict_space_is_refused_with_a_pointer():
 
 
 def test_discretiser_round_trip_at_bin_centres():
-    space = gym.spaces.Box(np.array([-1.0, 0.0]), np.array([1.0, 10.0]), dtype=np.float32)
+    space = gym.spaces.Box(np.array([-1.0, 0.0], np.float32), np.array([1.0, 10.0], np.float32))
     d = ActionDiscretiser(space, n_bins=7)
     idx = torch.arange(7)[:, None].expand(7, 2)
     assert torch.equal(d.encode(d.decode(idx)), idx)

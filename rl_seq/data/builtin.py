@@ -4,8 +4,9 @@ the tests need no network and no external data.
 ``rl_seq/pointgoal/{random,medium,medium-replay,expert}-v0``: 200 episodes (10k steps) of
 ``rl_seq/PointGoal-v0`` each, acted by ``gain · expert_action + N(0, std²)``, clipped: expert
 (gain 1, std 0.1), medium (gain 0.25, std 0.5), medium-replay (gain 0 -> 0.25 and std 1.0 ->
-0.5 across the episodes, like a learner's history) or uniformly random actions. Reference scores: the random and the noiseless expert policies' mean
-returns over 100 episodes.
+0.5 across the episodes, like a learner's history) or uniformly random actions.
+Reference scores: the random and the noiseless expert policies' mean returns over 100
+episodes.
 """
 
 from __future__ import annotations

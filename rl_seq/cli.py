@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="medium = the checkpoint closest to this fraction from random to expert")
     dm.add_argument("--n-envs", type=int, default=4)
     dm.add_argument("--seed", type=int, default=0)
+    dm.add_argument("--algo", choices=["ppo", "sac"], default="ppo", help="SB3 algorithm of the expert")
+    dm.add_argument("--expert-kwargs", default="{}", help='JSON of SB3 constructor arguments, e.g. \'{"gamma": 0.9}\'')
+    dm.add_argument("--expert-path", help="load this SB3 model as the expert instead of training one")
 
     b = sub.add_parser("bench", help="speed benchmarks (print a table, write JSON)",
                        epilog=EPILOGS["bench"], formatter_class=fmt)
@@ -257,7 +260,8 @@ def cmd_datasets(a) -> int:
 
         make_datasets(a.env_id, a.name, levels=a.levels, expert_steps=a.expert_steps,
                       steps_per_level=a.steps_per_level, checkpoints=a.checkpoints,
-                      medium_fraction=a.medium_fraction, n_envs=a.n_envs, seed=a.seed)
+                      medium_fraction=a.medium_fraction, n_envs=a.n_envs, seed=a.seed, algo=a.algo,
+                      expert_kwargs=json.loads(a.expert_kwargs), expert_path=a.expert_path)
     return 0
 
 

@@ -105,3 +105,19 @@ def test_backbone_config_errors():
         BackboneConfig(mixer="gru")
     with pytest.raises(ValueError, match="divisible"):
         BackboneConfig(d_model=10, n_heads=3)
+
+
+def test_heads_shapes_and_ranges():
+    from rl_seq.nets import CategoricalHead, GaussianHead, QBinHead, TanhHead, ValueHead
+
+    h = torch.randn(4, 7, 16) * 10
+    space = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 5.0], np.float32))
+    a = TanhHead(16, space)(h)
+    assert a.shape == (4, 7, 2) and (a[..., 0].abs() <= 2).all() and (a[..., 1] >= 0).all() and (a[..., 1] <= 5).all()
+    with pytest.raises(ValueError, match="bounded"):
+        TanhHead(16, gym.spaces.Box(-np.inf, np.inf, (2,)))
+    assert GaussianHead(16, 2)(h).sample().shape == (4, 7, 2)
+    assert CategoricalHead(16, 5)(h).sample().shape == (4, 7)
+    q = QBinHead(16, 9)(h)
+    assert q.shape == (4, 7, 9) and ((q >= 0) & (q <= 1)).all()
+    assert ValueHead(16)(h).shape == (4, 7)

@@ -17,7 +17,7 @@ import logging
 import torch
 
 from rl_seq.kernels.attention import Attention
-from rl_seq.kernels.base import Mixer, State, linear_scan
+from rl_seq.kernels.base import Mixer, State, decay_scan
 from rl_seq.kernels.conv import CausalConv
 from rl_seq.kernels.linear import AGaLiTe, GaLiTe
 from rl_seq.kernels.lstm import LSTM
@@ -81,4 +81,4 @@ def make_mixer(name: str, d_model: int, n_heads: int = 1, *, backend: str = "tor
 
 
 __all__ = ["MIXERS", "BACKENDS", "Mixer", "State", "make_mixer", "resolve_backend",
-           "linear_scan"]
+           "decay_scan"]

@@ -123,21 +123,36 @@ def positions_in_segment(resets: Tensor) -> Tensor:
     return t - start
 
 
-def linear_scan(a: Tensor, x: Tensor, h0: Tensor | None = None) -> Tensor:
-    """Parallel (Hillis-Steele) scan of h_t = a_t * h_{t-1} + x_t along dim 1.
+LOG_DECAY_FLOOR = -5.0  # per-step log-decay floor of the gated recurrences
+MAX_CHUNK = 16  # chunk · |floor| <= 80 keeps exp(±L) inside fp32
 
-    a, x: [B, T, ...]; h0: [B, ...] or None (zeros). Returns h: [B, T, ...].
-    log2(T) vectorised passes, no loop over time steps; a_t = 0 wipes everything before t.
+
+def decay_scan(log_a: Tensor, x: Tensor, h0: Tensor, resets: Tensor, chunk: int = MAX_CHUNK) -> Tensor:
+    """All states of the elementwise recurrence ``h_t = exp(log_a_t) * h_{t-1} + x_t``.
+
+    x: [B, T, ...]; log_a: the same or broadcastable to it (>= LOG_DECAY_FLOOR; a decay
+    shared by several channels is exponentiated once); h0: [B, ...]; resets [B, T]: h is
+    zeroed before a reset. Chunked: inside a chunk ``h_t = e^{L_t} (Σ_{s<=t, same episode}
+    e^{-L_s} x_s + [alive_t] h_in)`` with L the in-chunk cumulative log-decay - one small
+    matmul per chunk, no loop over time steps. Returns h: [B, T, ...].
     """
-    T = x.shape[1]
-    d = 1
-    while d < T:
-        x = torch.cat([x[:, :d], x[:, d:] + a[:, d:] * x[:, :-d]], 1)
-        a = torch.cat([a[:, :d], a[:, d:] * a[:, :-d]], 1)
-        d *= 2
-    if h0 is not None:
-        x = x + a * h0.unsqueeze(1)
-    return x
+    if chunk > MAX_CHUNK:
+        raise ValueError(f"chunk must be <= {MAX_CHUNK} for the decay floor to stay finite")
+    B, T = x.shape[:2]
+    keep = (~resets).view(B, T, *([1] * (log_a.dim() - 2))).to(x.dtype)
+    log_a = log_a * keep  # decays at a reset never matter (cross-episode pairs are masked)
+    outs, h = [], h0
+    for c0 in range(0, T, chunk):
+        sl = slice(c0, min(c0 + chunk, T))
+        L = log_a[:, sl].cumsum(1)
+        M = same_segment(resets[:, sl]).to(x.dtype)  # [B, c, c]
+        xs = torch.exp(-L) * x[:, sl]
+        inner = torch.einsum("bts,bsn->btn", M, xs.flatten(2)).view_as(xs)
+        a = alive(resets[:, sl]).to(x.dtype).view(*xs.shape[:2], *([1] * (x.dim() - 2)))
+        hh = torch.exp(L) * (inner + a * h.unsqueeze(1))
+        outs.append(hh)
+        h = hh[:, -1]
+    return torch.cat(outs, 1)
 
 
 def mask_rows(state: State, keep: Tensor) -> State:

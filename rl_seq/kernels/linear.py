@@ -14,7 +14,9 @@ AGaLiTe keeps r oscillating components instead of C (state O(r·eta·Dh), not O(
     ṽ_j = (1-b) ⊙ ṽ_j + cos(ω_j τ) b ⊙ v,   k̃_j = (1-g) ⊙ k̃_j + cos(ω_j τ) g ⊙ phi(k)
     o_t = Σ_j ṽ_j (k̃_j · phi(q)) / ((r/2) s_t · phi(q) + eps)
 
-with τ the step within the episode (restarting at 1 after a reset).
+with τ the step within the episode (restarting at 1 after a reset). Both gates are capped so
+that each decay ``1 - gate`` is at least ``e^-5`` per step, which keeps the chunked parallel
+forms finite in fp32 (``base.LOG_DECAY_FLOOR``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rl_seq.kernels.base import Mixer, State, alive, linear_scan, positions_in_segment, same_segment
+from rl_seq.kernels.base import (
+    LOG_DECAY_FLOOR,
+    MAX_CHUNK,
+    Mixer,
+    State,
+    alive,
+    decay_scan,
+    positions_in_segment,
+    same_segment,
+)
 
 
 class _GatedLinearBase(Mixer):
@@ -49,10 +60,11 @@ class _GatedLinearBase(Mixer):
         def outer(a: Tensor, c: Tensor) -> Tensor:
             return (a.view(B, T, H, Dh, 1) * c.view(B, T, H, 1, e)).reshape(B, T, H, Dh * e)
 
+        cap = 1 - math.exp(LOG_DECAY_FLOOR)
         phi_q = outer(F.relu(q), F.relu(p2))
         phi_k = outer(F.relu(k), F.relu(p1))
-        gk = outer(torch.sigmoid(g), torch.sigmoid(p3))
-        return phi_q, phi_k, gk, v.view(B, T, H, Dh), torch.sigmoid(b).view(B, T, H, Dh)
+        gk = outer(torch.sigmoid(g), torch.sigmoid(p3)).clamp(max=cap)
+        return phi_q, phi_k, gk, v.view(B, T, H, Dh), torch.sigmoid(b).clamp(max=cap).view(B, T, H, Dh)
 
     def _out(self, o: Tensor) -> Tensor:
         B, T = o.shape[:2]
@@ -99,37 +111,36 @@ class GaLiTe(_GatedLinearBase):
         return self._out(o[:, None])[:, 0], (C, s)
 
     def forward_fast(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
-        """Chunked parallel form: within a chunk the decays are explicit [C, C, d] factors
-        (exp of log-gate differences, never above 1); chunks pass C along."""
+        """Chunked parallel form (as gated linear attention): inside a chunk the decays are
+        factored into the queries, keys and values (``q·e^{L_t}``, ``k·e^{-L_s}``), so every
+        product is a small matmul; chunks pass C along."""
         phi_q, phi_k, gk, v, b = self._features(x)
+        C, s0 = state
         B, T, H, Dh = v.shape
-        C0, s0 = state
-        # s: an elementwise recurrence, scanned in parallel; resets zero the decay
         keep = (~resets).to(x.dtype)[:, :, None, None]
-        s_all = linear_scan((1 - gk) * keep, gk * phi_k, s0)
-        # log decays; at resets they are irrelevant (cross-episode pairs are masked)
-        la_k = torch.log1p(-gk.clamp(max=1 - 1e-6)) * keep
-        la_v = torch.log1p(-b.clamp(max=1 - 1e-6)) * keep
+        la_k = torch.log1p(-gk)  # >= LOG_DECAY_FLOOR by the gate cap
+        la_v = torch.log1p(-b)
+        s_all = decay_scan(la_k, gk * phi_k, s0, resets, self.chunk)
+        la_k, la_v = la_k * keep, la_v * keep
         bv, gphi = b * v, gk * phi_k
-        outs, C = [], C0
+        outs = []
         for c0 in range(0, T, self.chunk):
             sl = slice(c0, min(c0 + self.chunk, T))
             r = resets[:, sl]
             Lk, Lv = la_k[:, sl].cumsum(1), la_v[:, sl].cumsum(1)  # [B,c,H,*]
-            pair = same_segment(r)[:, :, :, None, None]  # [B,t,s,1,1]
-            Ek = torch.exp((Lk[:, :, None] - Lk[:, None, :]).masked_fill(~pair, float("-inf")))
-            Ev = torch.exp((Lv[:, :, None] - Lv[:, None, :]).masked_fill(~pair, float("-inf")))
-            S = (phi_q[:, sl, None] * gphi[:, None, sl] * Ek).sum(-1)  # [B,t,s,H]
-            o = (S[..., None] * Ev * bv[:, None, sl]).sum(2)  # [B,t,H,Dh]
-            a = alive(r).to(x.dtype)[:, :, None, None]
-            o = o + a * Lv.exp() * (C[:, None] @ (Lk.exp() * phi_q[:, sl])[..., None])[..., 0]
-            # chunk-end state
-            Ekl, Evl = Ek[:, -1], Ev[:, -1]  # [B,s,H,*]
-            C = (a[:, -1, :, :, None] * Lv[:, -1, :, :, None].exp() * Lk[:, -1, :, None, :].exp() * C
-                 + torch.einsum("bshi,bshj->bhij", Evl * bv[:, sl], Ekl * gphi[:, sl]))
-            outs.append(o)
-        o = torch.cat(outs, 1)
-        o = o / ((s_all * phi_q).sum(-1, keepdim=True) + self.eps)
+            qt = phi_q[:, sl] * Lk.exp()
+            kt = gphi[:, sl] * (-Lk).exp()
+            vt = bv[:, sl] * (-Lv).exp()
+            A = torch.einsum("bthj,bshj->bhts", qt, kt) * same_segment(r)[:, None].to(x.dtype)
+            o = torch.einsum("bhts,bshi->bthi", A, vt)
+            o = o + alive(r).to(x.dtype)[:, :, None, None] * torch.einsum("bhij,bthj->bthi", C, qt)
+            outs.append(Lv.exp() * o)
+            # chunk-end state: the pieces of the final token's episode, decayed to the end
+            end = same_segment(r)[:, -1].to(x.dtype)[:, :, None, None]  # [B,c,1,1]
+            ev, ek = Lv[:, -1].exp(), Lk[:, -1].exp()  # [B,H,*]
+            C = (alive(r)[:, -1].to(x.dtype)[:, None, None, None] * ev[..., :, None] * ek[..., None, :] * C
+                 + torch.einsum("bshi,bshj->bhij", vt * end * ev[:, None], kt * ek[:, None]))
+        o = torch.cat(outs, 1) / ((s_all * phi_q).sum(-1, keepdim=True) + self.eps)
         return self._out(o), (C, s_all[:, -1])
 
 
@@ -182,26 +193,15 @@ class AGaLiTe(_GatedLinearBase):
         return y[:, 0], state
 
     def forward_fast(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
-        """All components are elementwise recurrences: one parallel scan over
-        [ṽ, k̃, s] with the reset positions' decay set to 0."""
+        """All components are elementwise recurrences: chunked decay scans, the decay of
+        ṽ and k̃ shared by their r components."""
         phi_q, phi_k, gk, v, b = self._features(x)
         vt0, kt0, s0, tick0 = state
-        B, T, H, Dh = v.shape
-        r, dk = self.r, self.dk
         ticks = self._ticks(resets, tick0)
         cos = torch.cos(ticks[..., None] * self.omegas)[..., None, None]  # [B,T,r,1,1]
-        keep = (~resets).to(x.dtype)[:, :, None, None]
-        a = torch.cat([((1 - b) * keep)[:, :, None].expand(B, T, r, H, Dh).reshape(B, T, -1),
-                       ((1 - gk) * keep)[:, :, None].expand(B, T, r, H, dk).reshape(B, T, -1),
-                       ((1 - gk) * keep).reshape(B, T, -1)], -1)
-        xin = torch.cat([(cos * (b * v)[:, :, None]).reshape(B, T, -1),
-                         (cos * (gk * phi_k)[:, :, None]).reshape(B, T, -1),
-                         (gk * phi_k).reshape(B, T, -1)], -1)
-        h0 = torch.cat([vt0.reshape(B, -1), kt0.reshape(B, -1), s0.reshape(B, -1)], -1)
-        h = linear_scan(a, xin, h0)
-        n_v, n_k = r * H * Dh, r * H * dk
-        vt = h[..., :n_v].reshape(B, T, r, H, Dh)
-        kt = h[..., n_v:n_v + n_k].reshape(B, T, r, H, dk)
-        s = h[..., n_v + n_k:].reshape(B, T, H, dk)
+        la_v, la_k = torch.log1p(-b), torch.log1p(-gk)  # shared by the r components
+        vt = decay_scan(la_v[:, :, None], cos * (b * v)[:, :, None], vt0, resets, MAX_CHUNK)
+        kt = decay_scan(la_k[:, :, None], cos * (gk * phi_k)[:, :, None], kt0, resets, MAX_CHUNK)
+        s = decay_scan(la_k, gk * phi_k, s0, resets, MAX_CHUNK)
         o = self._read(vt, kt, s, phi_q)
         return self._out(o), (vt[:, -1], kt[:, -1], s[:, -1], ticks[:, -1])

@@ -129,26 +129,24 @@ class Backbone(nn.Module):
         return self.ln_f(x), tuple(states)
 
     def step_tokens(self, tokens: Tensor, state=None, resets: Tensor | None = None):
-        """tokens [B, n, D], fed one at a time; ``resets`` bool [B, n] (or [B], for the
-        first token) flags episode starts. Returns the features [B, n, D] and the state."""
+        """Acting: tokens [B, n, D] that extend the sequence held in ``state``; ``resets``
+        bool [B, n] (or [B], for the first token) flags episode starts. One token goes
+        through the mixers' ``step``; several go through one stateful ``forward`` call
+        (equal by the mixer laws, and one call per block instead of n). Returns the
+        features [B, n, D] and the new state."""
         B, n, _ = tokens.shape
         if state is None:
             state = self.init_state(B, tokens.device)
-        if resets is None:
-            resets = torch.zeros(B, n, dtype=torch.bool, device=tokens.device)
-        elif resets.dim() == 1:
+        if resets is not None and resets.dim() == 1:
             resets = torch.cat([resets[:, None], resets.new_zeros(B, n - 1)], 1)
-        outs = []
-        for j in range(n):
-            x = tokens[:, j]
-            r = resets[:, j]
-            new = []
-            for block, s in zip(self.blocks, state):
-                x, s = block.step(x, s, r)
-                new.append(s)
-            state = tuple(new)
-            outs.append(self.ln_f(x))
-        return torch.stack(outs, 1), state
+        if n > 1:
+            return self.forward_tokens(tokens, state, resets)
+        x, new = tokens[:, 0], []
+        r = None if resets is None else resets[:, 0]
+        for block, s in zip(self.blocks, state):
+            x, s = block.step(x, s, r)
+            new.append(s)
+        return self.ln_f(x)[:, None], tuple(new)
 
 
 def select_state(state, keep: Tensor, other):

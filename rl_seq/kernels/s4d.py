@@ -86,7 +86,7 @@ class S4D(Mixer):
         y = seg.unpack(y.transpose(1, 2))  # [B, T, D]
         # the incoming state decays into the tokens before the first reset
         h0 = state[0]
-        carry = 2 * (c[None, :, :, None] * h0[..., None] * powers[None, ..., 1:]).sum(2).real  # [B,D,T]
+        carry = 2 * torch.einsum("bdn,dnt->bdt", h0 * c, powers[..., 1:]).real  # [B,D,T]
         y = y + carry.transpose(1, 2) * alive(resets)[..., None]
         # final state: the last piece of each row, right-aligned so that its last token sits
         # at T-1, convolved with Ā^(T-1-j)

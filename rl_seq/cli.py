@@ -180,19 +180,22 @@ def cmd_train(a) -> int:
     run.close()
     if result["last"] is not None:
         plot_runs([out], out / "plot.png")
-        _print_eval(result["last"], "last evaluation", result["best"])
+        data = episodes.summary()
+        data_row = dict(mean_return=data["mean_return"], std_return=float(episodes.episode_returns().std()),
+                        normalized_score=data.get("normalized_score"), episodes=data["episodes"], step="")
+        _print_eval(result["last"], f"{a.algo} on {a.dataset}", result["best"], data_row)
     print(yaml.safe_dump({"run": str(out), "model": str(out / "model")}, sort_keys=False).strip())
     return 0
 
 
-def _print_eval(res: dict, title: str, best: dict | None = None) -> None:
+def _print_eval(res: dict, title: str, best: dict | None = None, data: dict | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     tab = Table(title=title)
     for c in ("", "mean return", "std", "normalised score (x100)", "episodes", "step"):
         tab.add_column(c)
-    rows = [("last", res)] + ([("best", best)] if best else [])
+    rows = [("last", res)] + ([("best", best)] if best else []) + ([("data", data)] if data else [])
     for name, r in rows:
         ns = r.get("normalized_score")
         tab.add_row(name, f"{r['mean_return']:.2f}", f"{r['std_return']:.2f}",

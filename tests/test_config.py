@@ -39,4 +39,4 @@ def test_unknown_and_planned_algorithms():
     with pytest.raises(ValueError, match="unknown algorithm 'ppo'; choose one of dt"):
         config_for("ppo")
     with pytest.raises(ValueError, match="not implemented yet"):
-        config_for("qt")
+        config_for("gtrxl")

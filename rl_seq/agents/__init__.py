@@ -8,6 +8,7 @@ import gymnasium as gym
 
 from rl_seq.agents.base import Agent, EvalResult
 from rl_seq.agents.decision import DecisionAgent, DecisionConfig
+from rl_seq.agents.q_transformer import QTAgent, QTConfig
 from rl_seq.config import load_config, merge
 
 # name -> (agent class, preset over the config defaults, one-line description)
@@ -20,9 +21,11 @@ PRESETS: dict[str, tuple[type[Agent], dict, str]] = {
             "Decision-S4: return-conditioned BC on long windows, S4D state space"),
     "lram": (DecisionAgent, dict(backbone=dict(mixer="mlstm", n_heads=4)),
              "xLSTM Large Recurrent Action Model: return-conditioned BC, mLSTM"),
+    "qt": (QTAgent, dict(backbone=dict(mixer="attention", n_heads=1)),
+           "Q-Transformer: per-dimension autoregressive Q-learning, causal softmax attention"),
 }
 ALGOS: dict[str, type[Agent]] = {name: cls for name, (cls, _, _) in PRESETS.items()}
-PLANNED = {"qt": "Q-Transformer (issue #5)", "gtrxl": "GTrXL recurrent PPO (issue #6)",
+PLANNED = {"gtrxl": "GTrXL recurrent PPO (issue #6)",
            "relit": "recurrent linear transformer PPO (issue #6)", "lstm": "LSTM PPO (issue #6)"}
 
 
@@ -70,5 +73,5 @@ def load_agent(path) -> Agent:
     return Agent.load(path)
 
 
-__all__ = ["Agent", "EvalResult", "DecisionAgent", "DecisionConfig", "ALGOS", "PRESETS",
+__all__ = ["Agent", "EvalResult", "DecisionAgent", "DecisionConfig", "QTAgent", "QTConfig", "ALGOS", "PRESETS",
            "make_agent", "load_agent", "config_for"]

@@ -286,7 +286,8 @@ def train_offline(agent: Agent, sampler, update: Callable[[dict], dict], optimiz
 
     agent.model.train()
     bar, task = progress(steps, f"{agent.algo} training", start)
-    step = start
+    step, t0 = start, time.time()
+    every = max(1, (steps - start) // 10)  # without a terminal: a log line every 10%
     with stop_on_interrupt() as stop, bar:
         for step in range(start + 1, steps + 1):
             batch = sampler.sample(agent.config.batch_size)
@@ -305,6 +306,11 @@ def train_offline(agent: Agent, sampler, update: Callable[[dict], dict], optimiz
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 checkpoint(step)
             bar.update(task, completed=step)
+            if not bar.console.is_terminal and ((step - start) % every == 0 or step == steps):
+                rate = (step - start) / max(time.time() - t0, 1e-9)
+                ev = "" if last is None else f", last eval {last.get('normalized_score') or last['mean_return']:.3f}"
+                log.info("%s: step %d/%d, %.1f steps/s, loss %.4g%s", agent.algo, step, steps, rate,
+                         metrics.get("loss", float("nan")), ev)
             if stop.requested:
                 checkpoint(step)
                 log.warning("interrupted: checkpoint saved at step %d; continue with --resume", step)

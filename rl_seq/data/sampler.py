@@ -21,10 +21,11 @@ class SegmentSampler:
         seed: seeds the sampler's own generator (its state is checkpointed).
         short_episodes: what to do with episodes shorter than K: ``"pad"`` (keep them,
             padded and masked), ``"drop"`` or ``"error"``.
+        extra: more per-step arrays [N, ...] to cut into windows alongside the fields.
     """
 
     def __init__(self, episodes: Episodes, context: int, gamma: float = 1.0, seed: int = 0,
-                 short_episodes: str = "pad") -> None:
+                 short_episodes: str = "pad", extra: dict[str, np.ndarray] | None = None) -> None:
         if context < 1:
             raise ValueError(f"context must be >= 1, got {context}")
         short = episodes.lengths < context
@@ -40,12 +41,16 @@ class SegmentSampler:
                     f"context K={context} (shortest: {episodes.lengths.min()} steps); set "
                     "short_episodes='pad' to pad them, 'drop' to skip them, or lower the context")
             if short_episodes == "drop":
+                if extra:
+                    keep_steps = np.repeat(~short, episodes.lengths)
+                    extra = {k: v[keep_steps] for k, v in extra.items()}
                 episodes = episodes.select(~short)
             elif short_episodes != "pad":
                 raise ValueError(f"short_episodes must be pad, drop or error, got {short_episodes!r}")
             log.info("%d episode(s) shorter than K=%d are %sed", short.sum(), context,
                      short_episodes.rstrip("e") if short_episodes == "drop" else "padd")
         self.episodes = episodes
+        self.extra = dict(extra or {})
         self.context = context
         self.rng = np.random.default_rng(seed)
         self.rtg = episodes.returns_to_go(gamma)
@@ -55,7 +60,7 @@ class SegmentSampler:
     def sample(self, batch_size: int) -> dict[str, np.ndarray]:
         """Returns ``obs`` [B,K,...], ``act`` [B,K,...], ``rew``/``rtg`` [B,K] float32,
         ``timestep`` [B,K] int64, ``mask`` [B,K] bool (True = real), ``episode_start`` [B,K]
-        bool. Padding sits on the left and holds zeros."""
+        bool, and each ``extra`` array. Padding sits on the left and holds zeros."""
         K = self.context
         start = self.rng.integers(0, self.episodes.num_steps, batch_size)
         length = np.minimum(self.episode_end[start] - start, K)  # [B]
@@ -66,7 +71,8 @@ class SegmentSampler:
         ep = self.episodes
         out = dict(obs=ep.observations[idx], act=ep.actions[idx], rew=ep.rewards[idx],
                    rtg=self.rtg[idx], timestep=self.timesteps[idx], mask=mask)
-        for k in ("obs", "act", "rew", "rtg", "timestep"):
+        out.update({k: v[idx] for k, v in self.extra.items()})
+        for k in ("obs", "act", "rew", "rtg", "timestep", *self.extra):
             m = mask.reshape(mask.shape + (1,) * (out[k].ndim - 2))
             out[k] = np.where(m, out[k], 0)
         out["episode_start"] = mask & (out["timestep"] == 0)

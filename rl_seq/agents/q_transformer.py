@@ -1,0 +1,274 @@
+"""Q-Transformer (Chebotar et al. 2023): offline Q-learning with one token per action
+dimension.
+
+Each action dimension is discretised into ``n_bins`` uniform bins and given its own token;
+tokens per step are ``(s_t, a_t^1 ... a_t^d)``. The Q-values of dimension i (all bins) are
+read at the token before ``a_t^i``, so they are conditioned on the state history and on the
+bins already chosen for dimensions < i. Per-dimension Bellman targets (``targets``):
+
+- dimension i < d regresses to ``max_b Q_target(s_t, a^{<=i}, a^{i+1}=b)``;
+- dimension d regresses to the n-step return ``Σ_k γ^k r_{t+k} + γ^m max_b Q_target(s_{t+m}, a^1=b)``
+  (no bootstrap after a termination, bootstrap from the final observation after a truncation);
+- every target is raised to the Monte-Carlo return of the data (a lower bound).
+
+Rewards are scaled to ``(1-γ)(r - r_min)/(r_max - r_min)`` so Q lies in [0, 1]. The
+conservative regulariser pushes the Q of bins the data did not take towards 0. The target
+network is an EMA of the online one. Greedy acting decodes dimension by dimension through the
+backbone's step state.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rl_seq.agents.base import Agent, EvalResult, param_groups, train_offline, warmup
+from rl_seq.config import ConfigError, TrainConfig
+from rl_seq.data import Episodes, SegmentSampler, load_episodes
+from rl_seq.nets import Backbone, BackboneConfig, QBinHead
+from rl_seq.runs import Run
+from rl_seq.tokenizer import TrajectoryTokenizer
+
+
+@dataclass
+class QTConfig(TrainConfig):
+    """Q-Transformer."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    """The sequence model over (s, a_1..a_d) tokens."""
+    context: int = 4
+    """K: timesteps of history per training window."""
+    n_bins: int = 256
+    """Bins per action dimension."""
+    batch_size: int = 64
+    """Windows per gradient step."""
+    lr: float = 1e-4
+    """AdamW learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay (matrices only)."""
+    warmup_steps: int = 1000
+    """Linear learning-rate warm-up."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip."""
+    gamma: float = 0.99
+    """Discount."""
+    n_step: int = 3
+    """n of the n-step return targets of the last dimension."""
+    tau: float = 0.005
+    """EMA rate of the target network."""
+    conservative_weight: float = 0.5
+    """Weight of the regulariser pushing Q of bins not in the data to 0."""
+    mc_lower_bound: bool = True
+    """Raise targets to the data's Monte-Carlo return."""
+    max_timestep: int = 1000
+    """Size of the timestep table."""
+    ref_min_score: float | None = None
+    """Overrides the dataset's reference score for 0."""
+    ref_max_score: float | None = None
+    """Overrides the dataset's reference score for 1."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.gamma < 1:
+            raise ConfigError(f"gamma must be in (0, 1), got {self.gamma}")
+        if self.n_step < 1 or self.n_bins < 2:
+            raise ConfigError("n_step must be >= 1 and n_bins >= 2")
+
+
+class QTModel(nn.Module):
+    def __init__(self, obs_space: gym.Space, act_space: gym.Space, cfg: QTConfig) -> None:
+        super().__init__()
+        tok = TrajectoryTokenizer(obs_space, act_space, cfg.backbone.d_model, "obs,act_dims",
+                                  cfg.max_timestep, cfg.n_bins)
+        self.backbone = Backbone(tok, cfg.backbone)
+        self.head = QBinHead(cfg.backbone.d_model, cfg.n_bins)
+        self.dims = tok.discretiser.dims
+
+    def forward(self, fields: dict, episode_start: Tensor) -> Tensor:
+        """fields [B,L,...] -> Q [B, L, d, n_bins] (dimension i read at slot i)."""
+        h, _ = self.backbone(fields, None, episode_start)
+        B, Lk, D = h.shape
+        h = h.view(B, Lk // (self.dims + 1), self.dims + 1, D)[:, :, : self.dims]
+        return self.head(h)
+
+
+def targets(q_tgt: Tensor, rew: Tensor, final: Tensor, terminal: Tensor, valid: Tensor, mc: Tensor,
+            gamma: float, n: int, mc_lower_bound: bool = True) -> tuple[Tensor, Tensor]:
+    """Per-dimension Bellman targets over a window.
+
+    q_tgt: [B, L, d, nb] target-network Q; rew, mc: [B, L] scaled rewards and Monte-Carlo
+    returns; final: [B, L] the step holds an episode's final observation (no action);
+    terminal: [B, L] that final step ends by termination; valid: [B, L] real steps.
+    Returns y [B, L, d] and trainable [B, L] (real, not final, and the n-step lookahead fits
+    in the window or reaches the episode's end).
+    """
+    B, L, d, _ = q_tgt.shape
+    best = q_tgt.max(-1).values  # [B, L, d]
+    pad = lambda x, v: torch.cat([x, x.new_full((B, n + 1, *x.shape[2:]), v)], 1)  # noqa: E731
+    rew_p, final_p, term_p = pad(rew, 0.0), pad(final, False), pad(terminal, False)
+    v0 = pad(best[..., 0], 0.0)
+    inside = pad(torch.ones_like(valid), False)
+    G = torch.zeros_like(rew)
+    boot = torch.zeros_like(rew)
+    live = torch.ones_like(valid)
+    ended = torch.zeros_like(valid)
+    for k in range(n):
+        G = G + live * gamma**k * rew_p[:, k:k + L]
+        nxt_final = final_p[:, k + 1:k + 1 + L]
+        reach = live & nxt_final
+        boot = boot + reach * gamma ** (k + 1) * (~term_p[:, k + 1:k + 1 + L]) * v0[:, k + 1:k + 1 + L]
+        ended = ended | reach
+        live = live & ~nxt_final
+    boot = boot + live * gamma**n * v0[:, n:n + L]
+    y_last = G + boot
+    y = torch.cat([best[..., 1:], y_last[..., None]], -1)
+    if mc_lower_bound:
+        y = torch.maximum(y, mc[..., None])
+    trainable = valid & ~final & (ended | inside[:, n:n + L])
+    return y, trainable
+
+
+def td_and_conservative(q: Tensor, bins: Tensor, y: Tensor, trainable: Tensor) -> tuple[Tensor, Tensor]:
+    """q [B,L,d,nb], bins (data) [B,L,d], y [B,L,d], trainable [B,L] ->
+    (mean squared TD error of the data bins, mean Q² of the other bins), each averaged over
+    trainable steps and dimensions."""
+    m = trainable[..., None].float()
+    q_data = q.gather(-1, bins[..., None]).squeeze(-1)
+    td = (((q_data - y) ** 2) * m).sum() / (m.sum() * q.shape[2]).clamp_min(1)
+    others = torch.ones_like(q).scatter_(-1, bins[..., None], 0.0)
+    cons = ((q**2 * others).sum(-1) / others.sum(-1) * m).sum() / (m.sum() * q.shape[2]).clamp_min(1)
+    return td, cons
+
+
+def with_final_steps(ep: Episodes) -> tuple[Episodes, np.ndarray, np.ndarray]:
+    """Each episode followed by one step holding its final observation (zero action and
+    reward), so windows can bootstrap from it. Returns the episodes, ``final`` [N+E] and
+    ``terminal`` [N+E] (that final step ends a terminated episode)."""
+    E = ep.num_episodes
+    at = ep.offsets[1:]
+    obs = np.insert(ep.observations, at, ep.final_observations, axis=0)
+    act = np.insert(ep.actions, at, np.zeros_like(ep.actions[:E]), axis=0)
+    rew = np.insert(ep.rewards, at, np.zeros(E, ep.rewards.dtype))
+    offsets = ep.offsets + np.arange(E + 1)
+    final = np.zeros(len(rew), bool)
+    final[offsets[1:] - 1] = True
+    terminal = np.zeros(len(rew), bool)
+    terminal[offsets[1:] - 1] = ep.terminations[at - 1]
+    zeros = np.zeros(len(rew), bool)
+    aug = Episodes(obs, act, rew, zeros.copy(), zeros.copy(), offsets, ep.final_observations,
+                   ep.observation_space, ep.action_space, ep.ref_min_score, ep.ref_max_score,
+                   ep.env_id, ep.dataset_id, ep.env_kwargs)
+    return aug, final, terminal
+
+
+@dataclass
+class QTState:
+    t: np.ndarray  # [n]
+    prev_action: Tensor  # [n, d]
+    backbone: tuple | None = None
+
+
+class QTAgent(Agent):
+    config_class = QTConfig
+
+    def _build(self) -> nn.Module:
+        if not isinstance(self.action_space, gym.spaces.Box):
+            raise TypeError(f"qt discretises Box actions; got {self.action_space} (use dt for discrete actions)")
+        cfg = self.config
+        if cfg.backbone.mixer == "attention" and "window" not in cfg.backbone.mixer_options:
+            d = int(np.prod(self.action_space.shape))
+            cfg.backbone.mixer_options = {**cfg.backbone.mixer_options, "window": (d + 1) * cfg.context}
+        return QTModel(self.observation_space, self.action_space, cfg)
+
+    def setup_from_data(self, episodes: Episodes) -> None:
+        cfg = self.config
+        episodes.check_spaces(self.observation_space, self.action_space)
+        self.meta.update(
+            env_id=episodes.env_id, env_kwargs=episodes.env_kwargs, dataset_id=episodes.dataset_id,
+            reward_min=float(episodes.rewards.min()), reward_max=float(episodes.rewards.max()),
+            ref_min_score=cfg.ref_min_score if cfg.ref_min_score is not None else episodes.ref_min_score,
+            ref_max_score=cfg.ref_max_score if cfg.ref_max_score is not None else episodes.ref_max_score)
+        emb = self.model.backbone.tokenizer.embed["obs"]
+        if emb.kind == "box":
+            emb.set_normalization(*episodes.observation_stats())
+
+    def scale_rewards(self, r: np.ndarray) -> np.ndarray:
+        lo, hi = self.meta["reward_min"], self.meta["reward_max"]
+        return ((1 - self.config.gamma) * (r - lo) / max(hi - lo, 1e-8)).astype(np.float32)
+
+    def learn(self, dataset: str | Episodes, steps: int | None = None, run_dir=None, resume: bool = False,
+              run: Run | None = None) -> dict:
+        cfg = self.config
+        steps = steps or cfg.steps
+        episodes = load_episodes(dataset) if isinstance(dataset, str) else dataset
+        self.setup_from_data(episodes)
+        aug, final, terminal = with_final_steps(episodes)
+        aug.rewards = self.scale_rewards(aug.rewards)
+        mc = aug.returns_to_go(cfg.gamma)
+        sampler = SegmentSampler(aug, cfg.context + cfg.n_step, seed=cfg.seed,
+                                 extra=dict(final=final, terminal=terminal, mc=mc))
+        target = copy.deepcopy(self.model).requires_grad_(False)
+        opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps))
+        if run is None and run_dir is not None:
+            run = Run(run_dir, {"algo": self.algo, "dataset": episodes.dataset_id}, resume)
+        disc = self.model.backbone.tokenizer.discretiser
+
+        def update(batch: dict) -> dict:
+            b = {k: torch.as_tensor(v, device=self.device) for k, v in batch.items()}
+            obs = b["obs"].float() if b["obs"].is_floating_point() else b["obs"]
+            fields = dict(obs=obs, act=b["act"].float(), timestep=b["timestep"])
+            q = self.model(fields, b["episode_start"])
+            with torch.no_grad():
+                target.eval()
+                y, trainable = targets(target(fields, b["episode_start"]), b["rew"].float(), b["final"],
+                                       b["terminal"], b["mask"], b["mc"].float(), cfg.gamma, cfg.n_step,
+                                       cfg.mc_lower_bound)
+            td, cons = td_and_conservative(q, disc.encode(b["act"].float()), y, trainable)
+            loss = td + cfg.conservative_weight * cons
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                for pt, p in zip(target.parameters(), self.model.parameters()):
+                    pt.lerp_(p, cfg.tau)
+            return {"loss": loss.item(), "td": td.item(), "conservative": cons.item(), "grad_norm": gnorm.item()}
+
+        evaluate = None
+        if self.meta.get("env_id") and cfg.eval_episodes > 0:
+            def evaluate() -> EvalResult:
+                return self.evaluate(episodes=cfg.eval_episodes, seed=10_000 + 100 * cfg.seed)
+        return train_offline(self, sampler, update, opt, sched, run, steps, resume, evaluate,
+                             extra_state={"target": target})
+
+    def _act(self, obs, state: QTState | None, episode_start, rewards, deterministic):
+        n, d = obs.shape[0], self.model.dims
+        tok, dev = self.model.backbone.tokenizer, self.device
+        if state is None:
+            state = QTState(t=np.zeros(n, np.int64), prev_action=torch.zeros(n, d, device=dev))
+            episode_start = np.ones(n, bool)
+        state.t = np.where(episode_start, 0, state.t + 1)
+        t = torch.as_tensor(state.t, device=dev)
+        last = tok.slot_index(f"act_dim{d - 1}")
+        prev = tok.embed_slots(dict(act=state.prev_action, timestep=(t - 1).clamp(min=0)), [last])
+        s_tok = tok.embed_slots(dict(obs=obs, timestep=t), [tok.slot_index("obs")])
+        resets = torch.zeros(n, 2, dtype=torch.bool, device=dev)
+        resets[:, 1] = torch.as_tensor(episode_start, device=dev)
+        h, st = self.model.backbone.step_tokens(torch.cat([prev, s_tok], 1), state.backbone, resets)
+        action = torch.zeros(n, d, device=dev)
+        disc = tok.discretiser
+        for i in range(d):  # greedy, one dimension at a time
+            b = self.model.head(h[:, -1]).argmax(-1)
+            action[:, i] = disc.decode(b[:, None].expand(n, d))[:, i]
+            if i < d - 1:
+                a_tok = tok.embed_slots(dict(act=action, timestep=t), [tok.slot_index(f"act_dim{i}")])
+                h, st = self.model.backbone.step_tokens(a_tok, st)
+        state.backbone, state.prev_action = st, action
+        return action.reshape(n, *self.action_space.shape).cpu().numpy(), state

@@ -1,0 +1,112 @@
+"""Q-Transformer: per-dimension Bellman targets and the conservative term by hand; learning."""
+
+import numpy as np
+import pytest
+import torch
+
+import rl_seq
+from rl_seq.agents.q_transformer import targets, td_and_conservative, with_final_steps
+
+
+def window(terminal_end: bool = False, final_at: int | None = 3):
+    best0 = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    best1 = torch.tensor([0.5, 0.6, 0.7, 0.8])
+    best = torch.stack([best0, best1], -1)  # [L, d]
+    q = torch.stack([torch.zeros_like(best), best, best / 2], -1)[None]  # [1, L, d, 3]: max = best
+    final = torch.zeros(1, 4, dtype=torch.bool)
+    terminal = torch.zeros(1, 4, dtype=torch.bool)
+    if final_at is not None:
+        final[0, final_at] = True
+        terminal[0, final_at] = terminal_end
+    rew = torch.tensor([[0.1, 0.2, 0.3, 0.0]])
+    return q, rew, final, terminal, torch.ones(1, 4, dtype=torch.bool), torch.zeros(1, 4)
+
+
+def test_targets_by_hand_truncated_end():
+    y, tr = targets(*window(), gamma=0.5, n=2, mc_lower_bound=False)
+    # dim 0 regresses to max Q of dim 1 at the same step
+    assert torch.allclose(y[0, :3, 0], torch.tensor([0.6, 0.7, 0.8]) - 0.1)
+    # last dim: n-step return, then max over dim 0 at s_{t+m}; truncation bootstraps from the final obs
+    assert torch.allclose(y[0, :3, 1], torch.tensor([0.1 + 0.5 * 0.2 + 0.25 * 0.3,
+                                                     0.2 + 0.5 * 0.3 + 0.25 * 0.4,
+                                                     0.3 + 0.5 * 0.4]))
+    assert tr.tolist() == [[True, True, True, False]]
+
+
+def test_targets_by_hand_terminated_end_and_mc_bound():
+    q, rew, final, terminal, valid, mc = window(terminal_end=True)
+    y, _ = targets(q, rew, final, terminal, valid, mc, gamma=0.5, n=2, mc_lower_bound=False)
+    assert torch.allclose(y[0, :3, 1], torch.tensor([0.1 + 0.5 * 0.2 + 0.25 * 0.3, 0.2 + 0.5 * 0.3, 0.3]))
+    mc = torch.tensor([[0.9, 0.0, 0.0, 0.0]])
+    y, _ = targets(q, rew, final, terminal, valid, mc, gamma=0.5, n=2, mc_lower_bound=True)
+    assert torch.allclose(y[0, 0], torch.tensor([0.9, 0.9]))
+
+
+def test_targets_need_the_lookahead_in_the_window():
+    _, tr = targets(*window(final_at=None), gamma=0.5, n=2)
+    assert tr.tolist() == [[True, True, False, False]]
+
+
+def test_td_and_conservative_by_hand():
+    q = torch.tensor([0.2, 0.5, 0.4]).view(1, 1, 1, 3)
+    td, cons = td_and_conservative(q, torch.tensor([[[1]]]), torch.tensor([[[0.7]]]), torch.tensor([[True]]))
+    assert torch.isclose(td, torch.tensor(0.04)) and torch.isclose(cons, torch.tensor((0.04 + 0.16) / 2))
+    td, cons = td_and_conservative(q, torch.tensor([[[1]]]), torch.tensor([[[0.7]]]), torch.tensor([[False]]))
+    assert td == 0 and cons == 0
+
+
+def test_final_steps_are_appended():
+    import gymnasium as gym
+    from conftest import point_episode
+
+    from rl_seq.data import Episodes
+    e1, e2 = point_episode(3), point_episode(2, seed=1)
+    e2["terminations"][-1], e2["truncations"][-1] = True, False
+    ep = Episodes.from_episode_list([e1, e2], gym.spaces.Box(-1, 1, (4,)), gym.spaces.Box(-1, 1, (2,)))
+    aug, final, terminal = with_final_steps(ep)
+    assert aug.offsets.tolist() == [0, 4, 7]
+    assert final.tolist() == [False] * 3 + [True] + [False] * 2 + [True]
+    assert terminal.tolist() == [False] * 6 + [True]
+    assert np.allclose(aug.observations[3], e1["observations"][-1]) and aug.rewards[3] == 0
+
+
+QT = dict(backbone=dict(d_model=32, n_layers=2, dropout=0.0), n_bins=16, context=2, n_step=2, gamma=0.9,
+          batch_size=64, lr=1e-3, warmup_steps=50, eval_every=0, eval_episodes=10, log_every=50)
+
+
+def test_qt_learns_point_goal_and_round_trips(tmp_path):
+    data = "rl_seq/pointgoal/medium-replay-v0"
+    agent = rl_seq.make_agent("qt", dataset=data, seed=0, **QT)
+    before = agent.evaluate(episodes=10).normalized_score
+    out = agent.learn(data, steps=400)
+    after = out["last"]["normalized_score"]
+    assert after > 0.3 and after > before + 0.2, (before, after)
+    loaded = rl_seq.load_agent(agent.save(tmp_path / "qt"))
+    obs = np.random.default_rng(0).uniform(-1, 1, (3, 4)).astype(np.float32)
+    a1, s1 = agent.predict(obs)
+    a2, s2 = loaded.predict(obs)
+    assert np.array_equal(a1, a2)
+    a1, _ = agent.predict(obs, s1, np.zeros(3, bool))
+    a2, _ = loaded.predict(obs, s2, np.zeros(3, bool))
+    assert np.array_equal(a1, a2)
+
+
+def test_qt_refuses_discrete_actions():
+    import gymnasium as gym
+    with pytest.raises(TypeError, match="discretises Box actions"):
+        rl_seq.make_agent("qt", (gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(3)))
+
+
+def test_qt_greedy_decoding_matches_the_parallel_q():
+    """Acting decodes dim by dim through the cache; the parallel forward over the decoded
+    action gives the same Q at each dimension's chosen bin."""
+    agent = rl_seq.make_agent("qt", dataset="rl_seq/pointgoal/medium-v0", **QT)
+    agent.model.eval()
+    obs = np.random.default_rng(1).uniform(-1, 1, (2, 4)).astype(np.float32)
+    act, _ = agent.predict(obs)
+    fields = dict(obs=torch.as_tensor(obs)[:, None], act=torch.as_tensor(act)[:, None],
+                  timestep=torch.zeros(2, 1, dtype=torch.long))
+    with torch.no_grad():
+        q = agent.model(fields, torch.ones(2, 1, dtype=torch.bool))[:, 0]  # [2, d, nb]
+    bins = agent.model.backbone.tokenizer.discretiser.encode(torch.as_tensor(act))
+    assert torch.equal(q.argmax(-1), bins)

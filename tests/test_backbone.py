@@ -121,3 +121,17 @@ def test_heads_shapes_and_ranges():
     q = QBinHead(16, 9)(h)
     assert q.shape == (4, 7, 9) and ((q >= 0) & (q <= 1)).all()
     assert ValueHead(16)(h).shape == (4, 7)
+
+
+@pytest.mark.parametrize("mixer", ["attention", "mlstm"])
+@pytest.mark.parametrize("block", ["pre_ln", "gtrxl"])
+def test_features_at_one_slot_equal_full_forward(mixer, block):
+    tok = TrajectoryTokenizer(BOX, BOX, 16, "rtg,obs,act", max_timestep=50)
+    bb = Backbone(tok, BackboneConfig(mixer=mixer, d_model=16, n_heads=2, n_layers=2, block=block)).eval()
+    f = dict(obs=torch.randn(2, 6, 3), act=torch.rand(2, 6, 3), rtg=torch.randn(2, 6),
+             timestep=torch.arange(6).expand(2, 6))
+    start = torch.zeros(2, 6, dtype=torch.bool)
+    start[:, 0] = True
+    start[0, 3] = True
+    h, _ = bb(f, None, start)
+    assert (tok.read(h, "obs") - bb.features(f, start, "obs")).abs().max() < 1e-6

@@ -90,8 +90,7 @@ class DecisionModel(nn.Module):
     def forward(self, fields: dict, episode_start: torch.Tensor) -> torch.Tensor:
         """fields [B,K,...] -> action outputs at the state tokens: [B,K,d] (continuous) or
         logits [B,K,n] (discrete)."""
-        h, _ = self.backbone(fields, None, episode_start)
-        h = self.backbone.tokenizer.read(h, "obs")
+        h = self.backbone.features(fields, episode_start, "obs")
         return self.head.net(h) if self.discrete else self.head(h)
 
 

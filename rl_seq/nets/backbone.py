@@ -120,6 +120,20 @@ class Backbone(nn.Module):
         resets = None if episode_start is None else self.tokenizer.token_flags(episode_start)
         return self.forward_tokens(x, state, resets)
 
+    def features(self, fields: dict[str, Tensor], episode_start: Tensor | None, slot: str) -> Tensor:
+        """Training shortcut: the features at one slot, [B, T, D] - equal to
+        ``tokenizer.read(forward(...)[0], slot)``, but the last block's MLP runs on that
+        slot's tokens only (every mixer still sees every token)."""
+        x = self.drop(self.tokenizer(fields))
+        resets = None if episode_start is None else self.tokenizer.token_flags(episode_start)
+        for block in self.blocks[:-1]:
+            x, _ = block(x, None, resets)
+        last = self.blocks[-1]
+        y, _ = last.mixer(last.ln1(x), None, resets)
+        x = self.tokenizer.read(last._join(x, y, 1), slot)
+        x = last._join(x, last.mlp(last.ln2(x)), 2)
+        return self.ln_f(x)
+
     def forward_tokens(self, x: Tensor, state=None, resets: Tensor | None = None):
         """Already-embedded tokens [B, L, D] through the blocks."""
         states = []

@@ -8,6 +8,11 @@ import gymnasium as gym
 ENVS: dict[str, dict] = {
     "rl_seq/PointGoal-v0": dict(entry_point="rl_seq.envs.point_goal:PointGoalEnv",
                                 max_episode_steps=50),
+    "rl_seq/TMaze-v0": dict(entry_point="rl_seq.envs.memory:TMazeEnv"),
+    "rl_seq/RepeatPrevious-v0": dict(entry_point="rl_seq.envs.memory:RepeatPreviousEnv"),
+    "rl_seq/KeyToDoor-v0": dict(entry_point="rl_seq.envs.memory:KeyToDoorEnv"),
+    "rl_seq/CartPoleNoVel-v0": dict(entry_point="rl_seq.envs.memory:CartPoleNoVelEnv",
+                                    max_episode_steps=500),
 }
 
 

@@ -22,6 +22,8 @@ EPILOGS = {
   rl-seq train dc --dataset hopper/medium-v0 --set lr=3e-4 --set backbone.n_layers=4
   rl-seq train dt --dataset hopper/medium-v0 --backbone mlstm --set backbone.n_heads=4
   rl-seq train dt --dataset hopper/medium-v0 --out runs/dt-hopper --resume
+  rl-seq train relit --env rl_seq/TMaze-v0 --set env_kwargs.corridor_length=50 --steps 400000
+  rl-seq train lstm --env CartPole-v1 --backbone none      # the memoryless baseline
 
 Every config key (--set key=value, dotted for nested keys):
 """,
@@ -60,10 +62,12 @@ def _parser() -> argparse.ArgumentParser:
                      describe(type(config_for("dt"))))
     t = sub.add_parser("train", help="train an agent", epilog=EPILOGS["train"] + keys,
                        formatter_class=fmt, description="Train ALGO offline on a Minari dataset "
-                       "(--dataset) and evaluate it in the dataset's env (or --env).")
-    t.add_argument("algo", help=f"one of {', '.join(PRESETS)} (qt, gtrxl, relit, lstm: planned)")
-    t.add_argument("--dataset", help="Minari dataset id (local, built-in, or --download)")
-    t.add_argument("--env", help="Gymnasium env id to evaluate in (default: the dataset's)")
+                       "(--dataset; dt dc ds4 lram qt) or online in a Gymnasium env (--env; gtrxl relit "
+                       "lstm), evaluating periodically.")
+    t.add_argument("algo", help=f"one of {', '.join(PRESETS)}")
+    t.add_argument("--dataset", help="offline algorithms: Minari dataset id (local, built-in, or --download)")
+    t.add_argument("--env", help="online algorithms: the env to train in; offline ones: the env to "
+                   "evaluate in (default: the dataset's)")
     t.add_argument("--backbone", help="swap the mixer (attention, conv, s4d, mlstm, ...)")
     t.add_argument("--config", help="YAML config file (see configs/)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -133,42 +137,53 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_train(a) -> int:
     import yaml
 
-    from rl_seq.agents import config_for, make_agent
+    from rl_seq.agents import PRESETS, config_for, make_agent
     from rl_seq.config import to_dict
-    from rl_seq.data import load_episodes
     from rl_seq.plot import plot_runs
     from rl_seq.runs import Run, seed_everything
 
-    if not a.dataset:
-        if a.env:
-            raise CLIError(f"online training of {a.algo!r} with --env is not available yet (issue #6); "
-                           "train offline with --dataset ID")
-        raise CLIError("give --dataset ID (see `rl-seq datasets list`)")
+    if a.algo not in PRESETS:
+        config_for(a.algo)  # the helpful error
+    online = PRESETS[a.algo][0].online
+    if online and not a.env:
+        raise CLIError(f"{a.algo} trains online: give --env ENV_ID (e.g. rl_seq/TMaze-v0, CartPole-v1)")
+    if not online and not a.dataset:
+        raise CLIError(f"{a.algo} trains offline: give --dataset ID (see `rl-seq datasets list`)")
     overrides = list(a.set)
-    if a.steps is not None:
-        overrides.append(f"steps={a.steps}")
-    if a.seed is not None:
-        overrides.append(f"seed={a.seed}")
-    if a.backbone:
-        overrides.append(f"backbone.mixer={a.backbone}")
+    for flag, key in ((a.steps, "steps"), (a.seed, "seed"), (a.backbone, "backbone.mixer")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
     if a.wandb:
         overrides.append("wandb=true")
     cfg = config_for(a.algo, a.config, overrides)
-    out = Path(a.out or f"runs/{a.algo}-{a.dataset.replace('/', '_')}-s{cfg.seed}")
+    source = a.env if online else a.dataset
+    out = Path(a.out or f"runs/{a.algo}-{source.replace('/', '_')}-s{cfg.seed}")
     seed_everything(cfg.seed)
-    episodes = load_episodes(a.dataset, download=a.download)
-    if a.env:
-        episodes.env_id, episodes.env_kwargs = a.env, {}
-    run_cfg = dict(algo=a.algo, dataset=a.dataset, env=episodes.env_id, config=to_dict(cfg))
-    run = Run(out, run_cfg, resume=a.resume, wandb=cfg.wandb, wandb_project=cfg.wandb_project)
-    agent = make_agent(a.algo, dataset=episodes, config=cfg)
-    if a.env:
-        import gymnasium as gym
+    if online:
+        run = Run(out, dict(algo=a.algo, env=a.env, config=to_dict(cfg)), resume=a.resume, wandb=cfg.wandb,
+                  wandb_project=cfg.wandb_project)
+        agent = make_agent(a.algo, a.env, config=cfg)
+        print(f"run folder: {out}")
+        result = agent.learn(a.env, run=run, resume=a.resume)
+        data_row = None
+    else:
+        from rl_seq.data import load_episodes
 
-        env = gym.make(a.env)
-        episodes.check_spaces(env.observation_space, env.action_space)
-    print(f"run folder: {out}")
-    result = agent.learn(episodes, run=run, resume=a.resume)
+        episodes = load_episodes(a.dataset, download=a.download)
+        if a.env:
+            import gymnasium as gym
+
+            env = gym.make(a.env)
+            episodes.check_spaces(env.observation_space, env.action_space)
+            episodes.env_id, episodes.env_kwargs = a.env, {}
+        run = Run(out, dict(algo=a.algo, dataset=a.dataset, env=episodes.env_id, config=to_dict(cfg)),
+                  resume=a.resume, wandb=cfg.wandb, wandb_project=cfg.wandb_project)
+        agent = make_agent(a.algo, dataset=episodes, config=cfg)
+        print(f"run folder: {out}")
+        result = agent.learn(episodes, run=run, resume=a.resume)
+        data = episodes.summary()
+        data_row = dict(mean_return=data["mean_return"], std_return=float(episodes.episode_returns().std()),
+                        normalized_score=data.get("normalized_score"), episodes=data["episodes"], step="")
     agent.save(out / "model")
     targets = {}
     for tr in agent.meta.get("target_returns", [])[1:]:
@@ -180,10 +195,7 @@ def cmd_train(a) -> int:
     run.close()
     if result["last"] is not None:
         plot_runs([out], out / "plot.png")
-        data = episodes.summary()
-        data_row = dict(mean_return=data["mean_return"], std_return=float(episodes.episode_returns().std()),
-                        normalized_score=data.get("normalized_score"), episodes=data["episodes"], step="")
-        _print_eval(result["last"], f"{a.algo} on {a.dataset}", result["best"], data_row)
+        _print_eval(result["last"], f"{a.algo} on {source}", result["best"], data_row)
     print(yaml.safe_dump({"run": str(out), "model": str(out / "model")}, sort_keys=False).strip())
     return 0
 
@@ -292,7 +304,7 @@ def cmd_list(a) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from rl_seq.agents import PLANNED, PRESETS
+    from rl_seq.agents import PRESETS
     from rl_seq.data import BUILTIN, local_datasets
     from rl_seq.kernels import MIXERS
 
@@ -303,8 +315,6 @@ def cmd_list(a) -> int:
     tab.add_column("description")
     for name, (_, preset, desc) in PRESETS.items():
         tab.add_row(name, preset.get("backbone", {}).get("mixer", ""), desc)
-    for name, desc in PLANNED.items():
-        tab.add_row(name, "", f"planned: {desc}")
     con.print(tab)
     con.print(f"[bold]backbones (mixers):[/bold] {', '.join(MIXERS)}")
     local = local_datasets()

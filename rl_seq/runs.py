@@ -217,3 +217,30 @@ def progress(total: int, description: str, start: int = 0):
                    Speed(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                    TextColumn("{task.fields[info]}"), transient=False)
     return bar, bar.add_task(description, total=total, completed=start, info="")
+
+
+class stop_on_interrupt:
+    """Turn Ctrl-C into a flag the loop checks between steps, so the checkpoint it writes
+    is never taken in the middle of an optimiser step."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.requested = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, *_):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False

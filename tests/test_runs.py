@@ -97,11 +97,21 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys):
     (["train", "dt", "--dataset", "rl_seq/pointgoal/medium-v0", "--set", "lrr=1"], "did you mean 'lr'"),
     (["train", "dt", "--dataset", "rl_seq/pointgoal/medium-v0", "--set", "lr"], "key=value"),
     (["train", "dt"], "--dataset"),
+    (["train", "relit", "--dataset", "rl_seq/pointgoal/medium-v0"], "--env"),
     (["eval", "/nonexistent/run"], "holds no saved agent"),
 ])
 def test_cli_errors_are_clear(argv, needle, capsys, tmp_path):
     assert main(argv + (["--out", str(tmp_path / "x")] if argv[0] == "train" else [])) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_online_training_from_the_cli(tmp_path):
+    out = tmp_path / "ppo"
+    assert main(["train", "lstm", "--env", "rl_seq/TMaze-v0", "--steps", "1024", "--out", str(out),
+                 "--set", "env_kwargs.corridor_length=2", "--set", "eval_episodes=2"]) == 0
+    rep = json.loads((out / "eval.json").read_text())
+    assert rep["last"]["episodes"] == 2 and (out / "model" / "model.safetensors").exists()
+    assert main(["eval", str(out), "--episodes", "2", "--json"]) == 0
 
 
 def test_help_texts(capsys):

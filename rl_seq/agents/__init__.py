@@ -8,6 +8,7 @@ import gymnasium as gym
 
 from rl_seq.agents.base import Agent, EvalResult
 from rl_seq.agents.decision import DecisionAgent, DecisionConfig
+from rl_seq.agents.ppo import PPOAgent, PPOConfig
 from rl_seq.agents.q_transformer import QTAgent, QTConfig
 from rl_seq.config import load_config, merge
 
@@ -23,19 +24,22 @@ PRESETS: dict[str, tuple[type[Agent], dict, str]] = {
              "xLSTM Large Recurrent Action Model: return-conditioned BC, mLSTM"),
     "qt": (QTAgent, dict(backbone=dict(mixer="attention", n_heads=1)),
            "Q-Transformer: per-dimension autoregressive Q-learning, causal softmax attention"),
+    "gtrxl": (PPOAgent, dict(backbone=dict(mixer="xl_attention", block="gtrxl", d_model=64, n_layers=2, n_heads=4,
+                                            mixer_options=dict(memory=64))),
+              "GTrXL: recurrent PPO, Transformer-XL attention with memory, GRU-gated blocks"),
+    "relit": (PPOAgent, dict(backbone=dict(mixer="agalite", block="gtrxl", d_model=64, n_layers=2, n_heads=4,
+                                            mixer_options=dict(eta=4, r=4))),
+              "recurrent linear transformer (AGaLiTe; --backbone linear for GaLiTe): recurrent PPO"),
+    "lstm": (PPOAgent, dict(backbone=dict(mixer="lstm", d_model=128, n_layers=1)),
+             "LSTM baseline: recurrent PPO"),
 }
 ALGOS: dict[str, type[Agent]] = {name: cls for name, (cls, _, _) in PRESETS.items()}
-PLANNED = {"gtrxl": "GTrXL recurrent PPO (issue #6)",
-           "relit": "recurrent linear transformer PPO (issue #6)", "lstm": "LSTM PPO (issue #6)"}
 
 
 def config_for(name: str, path=None, overrides: list[str] | None = None, **fields) -> Any:
     """The config of algorithm ``name``: defaults <- preset <- ``fields`` <- YAML file <-
     ``key=value`` overrides."""
     if name not in PRESETS:
-        if name in PLANNED:
-            raise ValueError(f"algorithm {name!r} ({PLANNED[name]}) is not implemented yet; "
-                             f"available: {', '.join(PRESETS)}")
         raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(PRESETS)}")
     cls, preset, _ = PRESETS[name]
     return load_config(cls.config_class, path, overrides, base=merge(preset, fields))
@@ -73,5 +77,6 @@ def load_agent(path) -> Agent:
     return Agent.load(path)
 
 
-__all__ = ["Agent", "EvalResult", "DecisionAgent", "DecisionConfig", "QTAgent", "QTConfig", "ALGOS", "PRESETS",
+__all__ = ["Agent", "EvalResult", "DecisionAgent", "DecisionConfig", "QTAgent", "QTConfig", "PPOAgent",
+           "PPOConfig", "ALGOS", "PRESETS",
            "make_agent", "load_agent", "config_for"]

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from rl_seq.config import TrainConfig, build, to_dict
 from rl_seq.data.episodes import flat_observation_space, spaces_match
-from rl_seq.runs import Run, progress, rng_state, set_rng_state
+from rl_seq.runs import Run, progress, rng_state, set_rng_state, stop_on_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class Agent:
 
     algo: str = ""
     config_class: type = TrainConfig
+    online: bool = False  # trained in an env (learn(env=...)) rather than on a dataset
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space,
                  config: Any = None, meta: dict | None = None, **overrides) -> None:
@@ -319,30 +320,3 @@ def train_offline(agent: Agent, sampler, update: Callable[[dict], dict], optimiz
         do_eval(steps)
     checkpoint(steps)
     return dict(last=last, best=best, step=steps)
-
-
-class stop_on_interrupt:
-    """Turn Ctrl-C into a flag the loop checks between steps, so the checkpoint it writes
-    is never taken in the middle of an optimiser step."""
-
-    def __enter__(self):
-        import signal
-        import threading
-
-        self.requested = False
-        self._old = None
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, *_):
-        if self.requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        import signal
-
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-        return False

@@ -22,6 +22,7 @@ from rl_seq.kernels.conv import CausalConv
 from rl_seq.kernels.linear import AGaLiTe, GaLiTe
 from rl_seq.kernels.lstm import LSTM
 from rl_seq.kernels.mlstm import MLSTM
+from rl_seq.kernels.none import NoMixer
 from rl_seq.kernels.s4d import S4D
 from rl_seq.kernels.xl_attention import XLAttention
 
@@ -36,6 +37,7 @@ _REGISTRY: dict[str, type[Mixer]] = {
     "mlstm": MLSTM,
     "conv": CausalConv,
     "lstm": LSTM,
+    "none": NoMixer,
 }
 MIXERS: tuple[str, ...] = tuple(_REGISTRY)
 BACKENDS: tuple[str, ...] = ("torch", "reference", "accelerated")

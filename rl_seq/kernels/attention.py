@@ -1,7 +1,7 @@
 """Causal multi-head softmax attention with a KV cache for acting.
 
 State: ``(k [B,H,L,Dh], v [B,H,L,Dh], valid [B,L])`` - the cached keys/values of past
-tokens (L grows by one per step, capped at ``window - 1`` when a window is set). The mixer
+tokens (L = ``window - 1`` when a window is set; without one L grows by one per token). The mixer
 itself carries no positions: the tokenizer's timestep embedding does that.
 """
 
@@ -39,9 +39,12 @@ class Attention(Mixer):
         self.proj = nn.Linear(d_model, d_model)
 
     def init_state(self, batch_size: int, device=None) -> State:
+        """With a window, the cache is allocated at its full size (``window - 1`` slots, all
+        invalid), so states have a fixed shape; without one it starts empty and grows."""
         H, Dh = self.n_heads, self.head_dim
-        k = torch.zeros(batch_size, H, 0, Dh, device=device)
-        return (k, k.clone(), torch.zeros(batch_size, 0, dtype=torch.bool, device=device))
+        L = 0 if self.window is None else self.window - 1
+        k = torch.zeros(batch_size, H, L, Dh, device=device)
+        return (k, k.clone(), torch.zeros(batch_size, L, dtype=torch.bool, device=device))
 
     def state_bytes(self, batch_size: int = 1, history: int = 0) -> int:
         L = history if self.window is None else min(history, self.window - 1)

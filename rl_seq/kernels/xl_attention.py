@@ -4,7 +4,7 @@ positions (Dai et al. 2019), the mixer GTrXL gates (Parisotto et al. 2020).
 Every token attends to itself and the M tokens before it (a sliding window over memory
 and the current call), scored as ``(q + u)·k_j + (q + v)·W_r r_{i-j}`` with sinusoidal
 ``r``. Keys and values are recomputed from the stored inputs, as in Transformer-XL.
-State: ``(mem [B,M',D], valid [B,M'])`` with M' <= M, detached.
+State: ``(mem [B,M,D], valid [B,M])``, detached.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ class XLAttention(Mixer):
         self.proj = nn.Linear(d_model, d_model)
 
     def init_state(self, batch_size: int, device=None) -> State:
-        return (torch.zeros(batch_size, 0, self.d_model, device=device),
-                torch.zeros(batch_size, 0, dtype=torch.bool, device=device))
+        """The memory is allocated at its full size M, all slots invalid (a fixed shape)."""
+        return (torch.zeros(batch_size, self.memory, self.d_model, device=device),
+                torch.zeros(batch_size, self.memory, dtype=torch.bool, device=device))
 
     def state_bytes(self, batch_size: int = 1) -> int:
         return batch_size * self.memory * (self.d_model * 4 + 1)

@@ -1,0 +1,467 @@
+"""Recurrent PPO on any backbone: GTrXL (``gtrxl``), recurrent linear transformers
+(``relit``: GaLiTe / AGaLiTe), LSTM (``lstm``), and S4D, mLSTM or no memory via --backbone.
+
+One token per step, ``obs + prev_act + prev_rew`` by default. Gymnasium vector envs with
+the default NEXT_STEP autoreset: the step after an episode ends feeds the final observation,
+its action is ignored and the env returns the next episode's first observation - that dummy
+step is masked out of every loss, and its value (the final observation under the pre-reset
+state) is exactly the bootstrap a truncated episode needs. The recurrent state resets at the
+first observation of each episode, inside ``forward``/``step`` (``episode_start``).
+
+Training runs minibatches of whole sequences (length ``seq_len``) through the backbone's
+parallel ``forward`` from their stored start states (or recomputed ones), never a Python loop
+over time steps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rl_seq.agents.base import Agent
+from rl_seq.config import ConfigError, TrainConfig
+from rl_seq.nets import Backbone, BackboneConfig, CategoricalHead, GaussianHead, ValueHead
+from rl_seq.runs import Run, progress, rng_state, set_rng_state, stop_on_interrupt
+from rl_seq.tokenizer import TrajectoryTokenizer
+
+
+@dataclass
+class PPOConfig(TrainConfig):
+    """Recurrent PPO (defaults close to CleanRL's ppo_atari_lstm / SB3's PPO)."""
+
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(mixer="lstm", d_model=128,
+                                                                              n_layers=1, dropout=0.0))
+    """The memory (``--backbone`` sets ``backbone.mixer``; ``none`` = memoryless)."""
+    env_kwargs: dict = field(default_factory=dict)
+    """Keyword arguments for ``gym.make`` (e.g. ``{corridor_length: 50}``)."""
+    layout: str = "obs+prev_act+prev_rew"
+    """Token layout: one token per step."""
+    n_envs: int = 8
+    """Parallel environments."""
+    vectorization: str = "sync"
+    """``sync`` or ``async`` (subprocess) vector env."""
+    n_steps: int = 128
+    """Rollout length per env per update."""
+    seq_len: int = 32
+    """Truncated-BPTT length: training sequences (divides n_steps)."""
+    start_states: str = "stored"
+    """Sequence start states: ``stored`` (from the rollout) or ``recomputed`` (by the
+    current network, once per update)."""
+    n_epochs: int = 4
+    """Passes over each rollout."""
+    n_minibatches: int = 4
+    """Minibatches per epoch (of whole sequences)."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    anneal_lr: bool = True
+    """Linearly anneal the learning rate to 0."""
+    gamma: float = 0.99
+    """Discount."""
+    gae_lambda: float = 0.95
+    """GAE λ."""
+    clip_coef: float = 0.2
+    """PPO ratio clip."""
+    clip_vloss: bool = False
+    """Clip the value loss around the old values."""
+    vf_coef: float = 0.5
+    """Value-loss weight."""
+    ent_coef: float = 0.01
+    """Entropy bonus weight."""
+    max_grad_norm: float = 0.5
+    """Gradient-norm clip."""
+    norm_adv: bool = True
+    """Normalise advantages per minibatch."""
+    norm_obs: bool = False
+    """Normalise observations by running statistics (Box observations)."""
+    norm_reward: bool = False
+    """Scale rewards by the running std of the discounted return."""
+    target_kl: float | None = None
+    """Stop an update's epochs early above this approximate KL."""
+    log_std_init: float = 0.0
+    """Initial log-std of Gaussian policies."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_steps % self.seq_len:
+            raise ConfigError(f"seq_len={self.seq_len} must divide n_steps={self.n_steps}")
+        if (self.n_envs * self.n_steps // self.seq_len) % self.n_minibatches:
+            raise ConfigError("n_minibatches must divide the number of sequences (n_envs·n_steps/seq_len)")
+        if self.start_states not in ("stored", "recomputed"):
+            raise ConfigError(f"start_states must be stored or recomputed, got {self.start_states!r}")
+        if self.vectorization not in ("sync", "async"):
+            raise ConfigError(f"vectorization must be sync or async, got {self.vectorization!r}")
+        if "," in self.layout:
+            raise ConfigError("PPO uses one token per step: join fields with '+', not ','")
+
+
+class PPOModel(nn.Module):
+    def __init__(self, obs_space: gym.Space, act_space: gym.Space, cfg: PPOConfig) -> None:
+        super().__init__()
+        D = cfg.backbone.d_model
+        self.backbone = Backbone(TrajectoryTokenizer(obs_space, act_space, D, cfg.layout, None), cfg.backbone)
+        self.discrete = isinstance(act_space, gym.spaces.Discrete)
+        self.actor = (CategoricalHead(D, int(act_space.n)) if self.discrete
+                      else GaussianHead(D, int(np.prod(act_space.shape)), cfg.log_std_init))
+        self.critic = ValueHead(D)
+
+    def heads(self, h: Tensor, action: Tensor | None = None):
+        """h [..., D] -> action, log-prob, entropy, value (CleanRL's get_action_and_value)."""
+        dist = self.actor(h)
+        if action is None:
+            action = dist.sample()
+        logp, ent = dist.log_prob(action), dist.entropy()
+        if not self.discrete:
+            logp, ent = logp.sum(-1), ent.sum(-1)
+        return action, logp, ent, self.critic(h)
+
+
+class RunningMeanStd:
+    def __init__(self, shape=()) -> None:
+        self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
+
+    def update(self, x: np.ndarray) -> None:
+        m, v, n = x.mean(0), x.var(0), x.shape[0]
+        delta, tot = m - self.mean, self.count + n
+        self.mean = self.mean + delta * n / tot
+        self.var = (self.var * self.count + v * n + delta**2 * self.count * n / tot) / tot
+        self.count = tot
+
+
+@dataclass
+class PPOState:
+    backbone: tuple
+    prev_act: Tensor
+    prev_rew: Tensor
+    feed: object = None
+
+
+@dataclass
+class Carry:
+    """What flows from one rollout into the next (per env)."""
+
+    obs: np.ndarray
+    state: tuple
+    prev_act: Tensor
+    prev_rew: Tensor
+    start: Tensor  # this observation starts an episode
+    dummy: np.ndarray  # this observation is a final one (the env will autoreset)
+    ep_ret: np.ndarray
+    ep_len: np.ndarray
+    ret_acc: np.ndarray
+
+
+@dataclass
+class Rollout:
+    """One rollout, [T, N, ...] per field; ``stored`` holds the state at every sequence start."""
+
+    obs: Tensor
+    prev_act: Tensor
+    prev_rew: Tensor
+    start: Tensor
+    valid: Tensor
+    act: Tensor
+    logp: Tensor
+    val: Tensor
+    rew: Tensor
+    term: Tensor
+    trunc: Tensor
+    stored: list = field(default_factory=list)
+    init_state: tuple = ()
+    next_value: Tensor | None = None
+    finished: list = field(default_factory=list)  # (return, length, success or None)
+
+    @classmethod
+    def empty(cls, T: int, N: int, obs_shape, act_like: Tensor, device) -> Rollout:
+        z = lambda *shape, dtype=torch.float32: torch.zeros(*shape, dtype=dtype, device=device)  # noqa: E731
+        act = z(T, *act_like.shape, dtype=act_like.dtype)
+        return cls(obs=z(T, N, *obs_shape), prev_act=act.clone(), prev_rew=z(T, N), start=z(T, N, dtype=torch.bool),
+                   valid=z(T, N, dtype=torch.bool), act=act, logp=z(T, N), val=z(T, N), rew=z(T, N), term=z(T, N),
+                   trunc=z(T, N))
+
+
+def tree_stack(states: list) -> tuple:
+    """A list of nested state tuples (each leaf [n_envs, ...]) -> one tuple, leaves [len*n_envs, ...]."""
+    if isinstance(states[0], Tensor):
+        return torch.cat(states, 0)
+    return tuple(tree_stack([s[i] for s in states]) for i in range(len(states[0])))
+
+
+def tree_index(state, idx: Tensor):
+    if isinstance(state, Tensor):
+        return state[idx]
+    return tuple(tree_index(s, idx) for s in state)
+
+
+def gae(rewards, values, next_value, term, trunc, gamma: float, lam: float):
+    """Generalised advantage estimation over [T, N] arrays. ``values[t+1]`` (or
+    ``next_value``) is the value of the observation after step t - after a truncation that is
+    the final observation, so truncated episodes bootstrap; after a termination it is
+    ignored. Advantages do not flow across episode ends."""
+    T = rewards.shape[0]
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(next_value)
+    for t in reversed(range(T)):
+        nv = next_value if t == T - 1 else values[t + 1]
+        delta = rewards[t] + gamma * nv * (1 - term[t]) - values[t]
+        last = delta + gamma * lam * (1 - torch.maximum(term[t], trunc[t])) * last
+        adv[t] = last
+    return adv
+
+
+class PPOAgent(Agent):
+    config_class = PPOConfig
+    online = True
+
+    def _build(self) -> nn.Module:
+        return PPOModel(self.observation_space, self.action_space, self.config)
+
+    # -- acting (shared by rollouts, evaluate and SB3 loops) -------------------------------
+    def _fields(self, obs: Tensor, prev_act: Tensor, prev_rew: Tensor) -> dict:
+        return dict(obs=obs, prev_act=prev_act, prev_rew=prev_rew)
+
+    def _act(self, obs, state: PPOState | None, episode_start, rewards, deterministic):
+        n, dev = obs.shape[0], self.device
+        start = torch.as_tensor(episode_start, device=dev)
+        if state is None:
+            state = PPOState(self.model.backbone.init_state(n, dev), self._zero_actions(n),
+                             torch.zeros(n, device=dev), getattr(self, "reward_feed", None))
+            start = torch.ones(n, dtype=torch.bool, device=dev)
+        if rewards is None and state.feed is not None:
+            rewards = state.feed.pop()
+        if "prev_rew" in self.config.layout and (~start).any():
+            if rewards is None:
+                raise ValueError("this policy reads the previous reward: pass predict(..., rewards=r), or in "
+                                 "SB3 loops wrap the env first: env = agent.wrap_env(env)")
+            state.prev_rew = torch.as_tensor(rewards, dtype=torch.float32, device=dev)
+        keep = ~start
+        prev_act = torch.where(keep.view(-1, *[1] * (state.prev_act.dim() - 1)), state.prev_act,
+                               torch.zeros_like(state.prev_act))
+        prev_rew = state.prev_rew * keep
+        tok = self.model.backbone.tokenizer.embed_slots(self._fields(obs, prev_act, prev_rew), [0])
+        h, state.backbone = self.model.backbone.step_tokens(tok, state.backbone, start)
+        dist = self.model.actor(h[:, 0])
+        if deterministic:
+            action = dist.probs.argmax(-1) if self.model.discrete else dist.mean
+        else:
+            action = dist.sample()
+        state.prev_act = action
+        return self._env_action(action), state
+
+    def _zero_actions(self, n: int) -> Tensor:
+        if self.model.discrete:
+            return torch.zeros(n, dtype=torch.long, device=self.device)
+        return torch.zeros(n, *self.action_space.shape, device=self.device)
+
+    def _env_action(self, action: Tensor) -> np.ndarray:
+        a = action.cpu().numpy()
+        if not self.model.discrete:
+            a = np.clip(a, self.action_space.low, self.action_space.high)
+        return a
+
+    # -- training ---------------------------------------------------------------------------
+    def make_train_env(self, env_id: str) -> gym.vector.VectorEnv:
+        cfg = self.config
+        env = gym.make_vec(env_id, num_envs=cfg.n_envs, vectorization_mode=cfg.vectorization, **cfg.env_kwargs)
+        self.check_env(env.single_observation_space, env.single_action_space, env_id)
+        return env
+
+    def _obs_tensor(self, obs) -> Tensor:
+        o = torch.as_tensor(obs, device=self.device)
+        return o.float() if self.model.backbone.tokenizer.embed["obs"].kind == "box" else o
+
+    def start_carry(self, venv: gym.vector.VectorEnv, seed: int) -> Carry:
+        N = venv.num_envs
+        obs, _ = venv.reset(seed=[seed + i for i in range(N)])
+        return Carry(obs=obs, state=self.model.backbone.init_state(N, self.device), prev_act=self._zero_actions(N),
+                     prev_rew=torch.zeros(N, device=self.device),
+                     start=torch.ones(N, dtype=torch.bool, device=self.device), dummy=np.zeros(N, bool),
+                     ep_ret=np.zeros(N), ep_len=np.zeros(N, int), ret_acc=np.zeros(N))
+
+    def _token(self, c: Carry) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The step's token from the carry; previous action/reward are zero at episode starts."""
+        keep = ~c.start
+        pa = torch.where(keep.view(-1, *[1] * (c.prev_act.dim() - 1)), c.prev_act, torch.zeros_like(c.prev_act))
+        pr = c.prev_rew * keep
+        o = self._obs_tensor(c.obs)
+        return self.model.backbone.tokenizer.embed_slots(self._fields(o, pa, pr), [0]), o, pa, pr
+
+    @torch.no_grad()
+    def collect(self, venv: gym.vector.VectorEnv, c: Carry, T: int, L: int,
+                obs_rms: RunningMeanStd | None = None, ret_rms: RunningMeanStd | None = None) -> Rollout:
+        """T steps of every env. Under NEXT_STEP autoreset the step after an episode's end
+        feeds its final observation ("dummy": valid=False, action ignored by the env, reward
+        0); the observation after it starts the next episode (start=True, state reset)."""
+        cfg, model, N = self.config, self.model, venv.num_envs
+        model.eval()
+        ro = Rollout.empty(T, N, self.observation_space.shape, self._zero_actions(N), self.device)
+        ro.init_state = c.state
+        for t in range(T):
+            if t % L == 0:
+                ro.stored.append(c.state)
+            tok, o, pa, pr = self._token(c)
+            ro.obs[t], ro.prev_act[t], ro.prev_rew[t], ro.start[t] = o, pa, pr, c.start
+            ro.valid[t] = torch.as_tensor(~c.dummy, device=self.device)
+            h, c.state = model.backbone.step_tokens(tok, c.state, c.start)
+            action, logp, _, value = model.heads(h[:, 0])
+            ro.act[t], ro.logp[t], ro.val[t] = action, logp, value
+            c.obs, reward, term, trunc, info = venv.step(self._env_action(action))
+            if obs_rms is not None:
+                obs_rms.update(np.asarray(c.obs, np.float64))
+            live = ~c.dummy
+            c.ep_ret += reward * live
+            c.ep_len += live
+            succ, has = info.get("is_success"), info.get("_is_success")
+            for i in np.flatnonzero((term | trunc) & live):
+                ok = None if succ is None or (has is not None and not has[i]) else bool(succ[i])
+                ro.finished.append((float(c.ep_ret[i]), int(c.ep_len[i]), ok))
+                c.ep_ret[i], c.ep_len[i] = 0.0, 0
+            r = reward.astype(np.float64)
+            if ret_rms is not None:
+                c.ret_acc = c.ret_acc * cfg.gamma * ~(term | trunc) + r
+                ret_rms.update(c.ret_acc[live])
+                r = r / np.sqrt(ret_rms.var + 1e-8)
+            ro.rew[t] = torch.as_tensor(r * live, dtype=torch.float32, device=self.device)
+            ro.term[t] = torch.as_tensor(term & live, dtype=torch.float32, device=self.device)
+            ro.trunc[t] = torch.as_tensor(trunc & live, dtype=torch.float32, device=self.device)
+            c.prev_act, c.prev_rew = action, torch.as_tensor(reward, dtype=torch.float32, device=self.device)
+            c.start = torch.as_tensor(c.dummy, device=self.device)  # after a dummy step: a new episode
+            c.dummy = (term | trunc) & live
+        tok, *_ = self._token(c)
+        h, _ = model.backbone.step_tokens(tok, c.state, c.start)
+        ro.next_value = model.critic(h[:, 0])  # a final observation's value if an episode just ended
+        return ro
+
+    def learn(self, env: str, steps: int | None = None, run_dir=None, resume: bool = False,
+              run: Run | None = None) -> dict:
+        """Train online in ``env`` (a Gymnasium id) for ``steps`` environment steps."""
+        cfg, dev, model = self.config, self.device, self.model
+        steps = steps or cfg.steps
+        self.meta.update(env_id=env, env_kwargs=cfg.env_kwargs)
+        venv = self.make_train_env(env)
+        N, T, L = cfg.n_envs, cfg.n_steps, cfg.seq_len
+        n_updates = max(1, steps // (N * T))
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-5)
+        obs_rms = RunningMeanStd(self.observation_space.shape) if cfg.norm_obs else None
+        ret_rms = RunningMeanStd() if cfg.norm_reward else None
+        if run is None and run_dir is not None:
+            run = Run(run_dir, {"algo": self.algo, "env": env}, resume)
+        update0, best, last = 0, None, None
+        if resume and run is not None and run.ckpt_path.exists():
+            ck = run.load_checkpoint()
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            set_rng_state(ck["rng"])
+            update0 = ck["step"] // (N * T)
+            run.truncate_metrics(ck["step"])
+        carry = self.start_carry(venv, cfg.seed + 1000 * update0)
+        bar, task = progress(n_updates * N * T, f"{self.algo} training", update0 * N * T)
+        t_start = time.time()
+        with stop_on_interrupt() as stop, bar:
+            for update in range(update0 + 1, n_updates + 1):
+                if cfg.anneal_lr:
+                    opt.param_groups[0]["lr"] = cfg.lr * (1 - (update - 1) / n_updates)
+                if obs_rms is not None and model.backbone.tokenizer.embed["obs"].kind == "box":
+                    model.backbone.tokenizer.embed["obs"].set_normalization(obs_rms.mean, np.sqrt(obs_rms.var))
+                ro = self.collect(venv, carry, T, L, obs_rms, ret_rms)
+                adv = gae(ro.rew, ro.val, ro.next_value, ro.term, ro.trunc, cfg.gamma, cfg.gae_lambda)
+                ret = adv + ro.val
+
+                def seqs(x: Tensor) -> Tensor:  # [T, N, ...] -> [S = (T/L)·N, L, ...]
+                    return x.view(T // L, L, N, *x.shape[2:]).transpose(1, 2).reshape(T // L * N, L, *x.shape[2:])
+
+                b_obs, b_pa, b_pr, b_start = seqs(ro.obs), seqs(ro.prev_act), seqs(ro.prev_rew), seqs(ro.start)
+                b_act, b_logp, b_val = seqs(ro.act), seqs(ro.logp), seqs(ro.val)
+                b_adv, b_ret, b_valid = seqs(adv), seqs(ret), seqs(ro.valid)
+                stored = ro.stored
+                if cfg.start_states == "recomputed":
+                    stored, s = [], ro.init_state
+                    with torch.no_grad():
+                        for k in range(T // L):
+                            stored.append(s)
+                            rows = slice(k * N, (k + 1) * N)
+                            _, s = model.backbone(self._fields(b_obs[rows], b_pa[rows], b_pr[rows]), s, b_start[rows])
+                b_state = tree_stack(stored)
+                # ---- update: minibatches of whole sequences through the parallel forward ----
+                model.train()
+                S = b_obs.shape[0]
+                mb = S // cfg.n_minibatches
+                clipfracs, stats = [], {}
+                for _epoch in range(cfg.n_epochs):
+                    perm = torch.randperm(S, device=dev)
+                    for k in range(cfg.n_minibatches):
+                        idx = perm[k * mb:(k + 1) * mb]
+                        h, _ = model.backbone(self._fields(b_obs[idx], b_pa[idx], b_pr[idx]),
+                                              tree_index(b_state, idx), b_start[idx])
+                        _, logp, ent, value = model.heads(h, b_act[idx])
+                        m = b_valid[idx].float()
+                        msum = m.sum().clamp_min(1)
+                        a = b_adv[idx]
+                        if cfg.norm_adv:
+                            mean = (a * m).sum() / msum
+                            a = (a - mean) / ((((a - mean) ** 2 * m).sum() / msum).sqrt() + 1e-8)
+                        ratio = (logp - b_logp[idx]).exp()
+                        pg = torch.maximum(-a * ratio, -a * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef))
+                        pg_loss = (pg * m).sum() / msum
+                        v = (value - b_ret[idx]) ** 2
+                        if cfg.clip_vloss:
+                            v_clip = b_val[idx] + (value - b_val[idx]).clamp(-cfg.clip_coef, cfg.clip_coef)
+                            v = torch.maximum(v, (v_clip - b_ret[idx]) ** 2)
+                        v_loss = 0.5 * (v * m).sum() / msum
+                        ent_loss = (ent * m).sum() / msum
+                        loss = pg_loss - cfg.ent_coef * ent_loss + cfg.vf_coef * v_loss
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                        opt.step()
+                        with torch.no_grad():
+                            logr = logp - b_logp[idx]
+                            approx_kl = (((logr.exp() - 1) - logr) * m).sum() / msum
+                            clipfracs.append(((((ratio - 1).abs() > cfg.clip_coef).float() * m).sum() / msum).item())
+                        stats = dict(pg_loss=pg_loss.item(), v_loss=v_loss.item(), entropy=ent_loss.item(),
+                                     approx_kl=approx_kl.item())
+                    if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
+                        break
+                # ---- log ----
+                step = update * N * T
+                y, p = ret[ro.valid], ro.val[ro.valid]
+                stats.update(clipfrac=float(np.mean(clipfracs)), sps=(step - update0 * N * T) / (time.time() - t_start),
+                             explained_variance=float(1 - (y - p).var() / y.var()) if y.var() > 0 else float("nan"),
+                             lr=opt.param_groups[0]["lr"])
+                if ro.finished:
+                    stats["episode_return"] = float(np.mean([f[0] for f in ro.finished]))
+                    stats["episode_length"] = float(np.mean([f[1] for f in ro.finished]))
+                    succ = [f[2] for f in ro.finished if f[2] is not None]
+                    if succ:
+                        stats["success_rate"] = float(np.mean(succ))
+                if run is not None:
+                    run.log(step, "train", stats)
+                bar.update(task, completed=step, info=" ".join(
+                    f"{k}={stats[k]:.3g}" for k in ("episode_return", "success_rate", "sps") if k in stats))
+                crossed = (step // cfg.eval_every) != ((step - N * T) // cfg.eval_every) if cfg.eval_every else False
+                if crossed and update != n_updates and cfg.eval_episodes > 0:
+                    last, best = self._eval_log(run, step, best)
+                every = cfg.checkpoint_every
+                ck_due = every and (step // every) != ((step - N * T) // every)
+                if run is not None and (ck_due or stop.requested):
+                    run.save_checkpoint(dict(model=model.state_dict(), optimizer=opt.state_dict(), step=step,
+                                             rng=rng_state()))
+                if stop.requested:
+                    raise KeyboardInterrupt
+        venv.close()
+        if cfg.eval_episodes > 0:
+            last, best = self._eval_log(run, n_updates * N * T, best)
+        return dict(last=last, best=best, step=n_updates * N * T)
+
+    def _eval_log(self, run, step, best):
+        res = self.evaluate(episodes=self.config.eval_episodes, seed=10_000 + 100 * self.config.seed).to_dict()
+        res["step"] = step
+        if run is not None:
+            run.log(step, "eval", {k: v for k, v in res.items() if k not in ("returns", "lengths")})
+        if best is None or res["mean_return"] > best["mean_return"]:
+            best = res
+        return res, best

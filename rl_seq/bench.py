@@ -228,3 +228,58 @@ def bench_train(out: str | Path = "bench_train.json", threads=(1, 2), quick: boo
     res["env"] = _env_info()
     Path(out).write_text(json.dumps(res, indent=2))
     return res
+
+
+def bench_ppo(out: str | Path = "bench_ppo.json", env_id: str = "CartPole-v1", steps: int = 8192,
+              n_envs: int = 8, n_steps: int = 128, hidden: int = 256, threads: int = 1,
+              backbones=("lstm", "agalite")) -> dict:
+    """Env steps/s of recurrent PPO on the same env, n_envs and rollout size (rollout and
+    update both count): sb3-contrib's RecurrentPPO (MlpLstmPolicy, LSTM ``hidden``, its
+    defaults: 10 epochs of 128-step minibatches) against rl_seq's PPO on each backbone at width
+    ``hidden`` - at rl_seq's defaults (4 epochs, 4 minibatches) and at sb3-contrib's update
+    settings (10 epochs, 128-step minibatches)."""
+    import logging
+
+    import rl_seq
+
+    logging.getLogger("rl_seq").setLevel(logging.WARNING)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    res, rows = {}, []
+    base = None
+    try:
+        from sb3_contrib import RecurrentPPO
+        from stable_baselines3.common.env_util import make_vec_env
+
+        venv = make_vec_env(env_id, n_envs=n_envs, seed=0)
+        model = RecurrentPPO("MlpLstmPolicy", venv, n_steps=n_steps, policy_kwargs=dict(lstm_hidden_size=hidden),
+                             seed=0, verbose=0)
+        model.learn(n_envs * n_steps)  # warm-up
+        t = time.perf_counter()
+        model.learn(steps, reset_num_timesteps=False)
+        base = steps / (time.perf_counter() - t)
+        rows.append(["sb3-contrib RecurrentPPO (LSTM)", "defaults: 10 x 128", hidden, base, 1.0])
+    except ImportError:
+        pass
+    res["sb3_contrib_RecurrentPPO"] = base
+    settings = {"defaults: 4 x 256": {}, "matched: 10 x 128": dict(n_epochs=10, n_minibatches=n_envs * n_steps // 128)}
+    for mixer in backbones:
+        for label, extra in settings.items():
+            opts = dict(eta=4, r=4) if mixer == "agalite" else {}
+            agent = rl_seq.make_agent("lstm", env_id, n_envs=n_envs, n_steps=n_steps, seq_len=32, eval_episodes=0,
+                                      backbone=dict(mixer=mixer, d_model=hidden, n_layers=1,
+                                                    n_heads=4 if mixer == "agalite" else 1, mixer_options=opts),
+                                      **extra)
+            agent.learn(env_id, steps=n_envs * n_steps)
+            t = time.perf_counter()
+            agent.learn(env_id, steps=steps)
+            sps = steps / (time.perf_counter() - t)
+            res[f"rl_seq_{mixer}_{label.split(':')[0]}"] = sps
+            rows.append([f"rl_seq PPO ({mixer})", label, hidden, sps, sps / base if base else float("nan")])
+    torch.set_num_threads(old)
+    _print_table(f"recurrent PPO on {env_id}: {n_envs} envs x {n_steps} steps, {threads} thread(s); "
+                 "update = epochs x minibatch steps", ["implementation", "update", "hidden", "env steps/s",
+                                                       "x sb3-contrib"], rows)
+    res.update(env=_env_info(), env_id=env_id, n_envs=n_envs, n_steps=n_steps, hidden=hidden, threads=threads)
+    Path(out).write_text(json.dumps(res, indent=2))
+    return res

@@ -38,7 +38,8 @@ Every config key (--set key=value, dotted for nested keys):
     "bench": """examples:
   rl-seq bench kernels --json bench_kernels.json
   rl-seq bench sampler --dataset hopper/medium-v0
-  rl-seq bench train --threads 1 2""",
+  rl-seq bench train --threads 1 2
+  rl-seq bench ppo --env CartPole-v1 --threads 1""",
     "plot": """examples:
   rl-seq plot runs/dt-hopper-s0 runs/dt-hopper-s1 --out dt.png""",
 }
@@ -124,6 +125,11 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     bt.add_argument("--json", default="bench_train.json")
     bt.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    bp = bsub.add_parser("ppo", help="recurrent PPO env steps/s against sb3-contrib's RecurrentPPO")
+    bp.add_argument("--env", default="CartPole-v1")
+    bp.add_argument("--steps", type=int, default=8192)
+    bp.add_argument("--threads", type=int, default=1)
+    bp.add_argument("--json", default="bench_ppo.json")
 
     pl = sub.add_parser("plot", help="learning curves of run folders", epilog=EPILOGS["plot"],
                         formatter_class=fmt)
@@ -287,8 +293,10 @@ def cmd_bench(a) -> int:
         bench.bench_kernels(a.json, histories=a.histories, quick=a.quick)
     elif a.what == "sampler":
         bench.bench_sampler(a.dataset, a.json)
-    else:
+    elif a.what == "train":
         bench.bench_train(a.json, threads=a.threads, quick=a.quick)
+    else:
+        bench.bench_ppo(a.json, env_id=a.env, steps=a.steps, threads=a.threads)
     return 0
 
 

@@ -1,8 +1,9 @@
 """The LSTM baseline in the mixer contract.
 
-``forward`` cuts each row at its resets and runs the pieces through ``nn.LSTM`` (the fused
-MKL/cuDNN kernel) as separate sequences, each starting from zeros or, for a row's first
-piece, from the incoming state. The reference is the textbook cell in a loop, on the same
+``forward`` runs ``nn.LSTM`` (the fused MKL/cuDNN kernel) on the whole call when no episode
+starts inside it; otherwise it cuts each row at its resets and runs the pieces as separate
+packed sequences, each starting from zeros or, for a row's first piece, from the incoming
+state. The reference is the textbook cell in a loop, on the same
 weights. State: ``(h [B,D], c [B,D])``.
 """
 
@@ -52,6 +53,10 @@ class LSTM(Mixer):
 
     def forward_fast(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
         h0, c0 = state
+        if not resets[:, 1:].any():  # no episode starts inside: one fused call, no packing
+            carry = (~resets[:, 0])[:, None].to(x.dtype)
+            y, (hn, cn) = self.lstm(x, ((h0 * carry)[None], (c0 * carry)[None]))
+            return y, (hn[0], cn[0])
         seg = PackedSegments(resets)
         init_h = x.new_zeros(seg.n, self.d_model)
         init_c = x.new_zeros(seg.n, self.d_model)

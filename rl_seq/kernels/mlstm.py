@@ -8,7 +8,9 @@ gating, per head:
 
 ``forward`` is the parallel (quadratic) form with the same stabiliser, which equals the
 recurrent m_t exactly; ``step`` is the recurrence.
-State: ``(C [B,H,Dh,Dh], n [B,H,Dh], m [B,H])``.
+State: ``(C [B,H,Dh,Dh], n [B,H,Dh], m [B,H])``, all zeros initially: with C = n = 0 the
+output ``C q / max(|n·q|, 1)`` (unstabilised) does not depend on where m starts, so the
+stabiliser starts (and restarts at a reset) at 0 and an all-zero state is a fresh one.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rl_seq.kernels.base import Mixer, State, alive, same_segment
+from rl_seq.kernels.base import Mixer, State, alive, positions_in_segment, same_segment
 
-NEG = -1e30  # "minus infinity" for the stabiliser that keeps arithmetic finite
+NEG = -1e30  # "minus infinity" for masked log-weights that keeps arithmetic finite
 
 
 class MLSTM(Mixer):
@@ -46,7 +48,7 @@ class MLSTM(Mixer):
         H, Dh = self.n_heads, self.head_dim
         return (torch.zeros(batch_size, H, Dh, Dh, device=device),
                 torch.zeros(batch_size, H, Dh, device=device),
-                torch.full((batch_size, H), NEG, device=device))
+                torch.zeros(batch_size, H, device=device))
 
     def _project(self, x: Tensor):
         B, T, D = x.shape
@@ -79,8 +81,7 @@ class MLSTM(Mixer):
         hs = []
         for t in range(x.shape[1]):
             keep = ~resets[:, t]
-            C, n = C * keep.view(-1, 1, 1, 1), n * keep.view(-1, 1, 1)
-            m = torch.where(keep[:, None], m, torch.full_like(m, NEG))
+            C, n, m = C * keep.view(-1, 1, 1, 1), n * keep.view(-1, 1, 1), m * keep.view(-1, 1)
             h, C, n, m = self._cell(q[:, :, t], k[:, :, t], v[:, :, t], i_pre[:, :, t],
                                     logf[:, :, t], C, n, m)
             hs.append(h)
@@ -97,10 +98,15 @@ class MLSTM(Mixer):
         pair = same_segment(resets)[:, None]  # [B,1,T,S]
         logD = (Fc[..., :, None] - Fc[..., None, :] + i_pre[..., None, :]).masked_fill(~pair, NEG)
         live = alive(resets)[:, None]  # [B,1,T]
-        logS = torch.where(live, Fc + m0[..., None], torch.full_like(Fc, NEG))  # state weight
+        # log-weight of the state a token continues: the incoming one (m0) before any reset,
+        # the zero state restarted at the latest reset after it (its m starts at 0 there)
+        T = x.shape[1]
+        start = torch.arange(T, device=x.device) - positions_in_segment(resets)  # [B,T]
+        F_prev = torch.cat([torch.zeros_like(Fc[..., :1]), Fc[..., :-1]], -1)
+        logS = Fc - F_prev.gather(-1, start[:, None].expand_as(Fc)) + live * m0[..., None]
         m = torch.maximum(logD.max(-1).values, logS)  # [B,H,T]
         Dm = torch.exp(logD - m[..., None])
-        Sm = torch.exp(logS - m)[..., None]  # [B,H,T,1]
+        Sm = torch.exp(logS - m)[..., None] * live[..., None]  # [B,H,T,1]; C and n are 0 after a reset
         Cqk = (q @ k.transpose(-1, -2)) * Dm
         num = Cqk @ v + Sm * (q @ C0.transpose(-1, -2))
         den = Cqk.sum(-1, keepdim=True) + Sm * (q * n0[:, :, None]).sum(-1, keepdim=True)

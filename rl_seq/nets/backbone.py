@@ -100,9 +100,10 @@ class Block(nn.Module):
 
 class Backbone(nn.Module):
     """Tokenizer + blocks. ``forward`` is parallel over a whole sequence (training);
-    ``step_tokens`` feeds tokens one at a time through every block (acting)."""
+    ``step_tokens`` feeds tokens one at a time through every block (acting). Without a
+    tokenizer it takes embedded tokens (``forward_tokens`` / ``step_tokens``)."""
 
-    def __init__(self, tokenizer: TrajectoryTokenizer, cfg: BackboneConfig) -> None:
+    def __init__(self, tokenizer: TrajectoryTokenizer | None, cfg: BackboneConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer

@@ -133,7 +133,8 @@ def test_replay_buffer_becomes_episodes():
     obs_space, act_space = gym.spaces.Box(-10, 10, (1,), np.float32), gym.spaces.Box(-1, 1, (1,), np.float32)
     buf = ReplayBuffer(10, obs_space, act_space, n_envs=1)
     # episode A: 3 steps, terminated; episode B: 2 steps, time-limit truncated; C: 1 unfinished step
-    plan = [(0, False, False), (1, False, False), (2, True, False), (10, False, False), (11, True, True), (20, False, False)]
+    plan = [(0, False, False), (1, False, False), (2, True, False), (10, False, False), (11, True, True),
+            (20, False, False)]
     for o, done, timeout in plan:
         buf.add(np.array([[o]], np.float32), np.array([[o + 1]], np.float32), np.array([[0.5]], np.float32),
                 np.array([1.0]), np.array([done]), [{"TimeLimit.truncated": timeout}])

@@ -283,3 +283,37 @@ def bench_ppo(out: str | Path = "bench_ppo.json", env_id: str = "CartPole-v1", s
     res.update(env=_env_info(), env_id=env_id, n_envs=n_envs, n_steps=n_steps, hidden=hidden, threads=threads)
     Path(out).write_text(json.dumps(res, indent=2))
     return res
+
+
+def bench_sb3(out: str | Path = "bench_sb3.json", env_id: str = "CartPole-v1", steps: int = 4096,
+              n_envs: int = 8, hidden: int = 64, threads: int = 1, memories=("lstm", "relit")) -> dict:
+    """sb3-contrib's RecurrentPPO, its own loop and defaults, with the stock MlpLstmPolicy
+    against RlSeqRecurrentPolicy on each rl_seq memory, at equal hidden size: env steps/s."""
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from rl_seq.sb3 import RlSeqRecurrentPolicy
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    variants = {"stock MlpLstmPolicy (LSTM)": ("MlpLstmPolicy", dict(lstm_hidden_size=hidden))}
+    for mem in memories:
+        variants[f"RlSeqRecurrentPolicy ({mem})"] = (RlSeqRecurrentPolicy,
+                                                     dict(backbone=mem, d_model=hidden, n_layers=1))
+    res, rows, base = {}, [], None
+    for name, (policy, kwargs) in variants.items():
+        venv = make_vec_env(env_id, n_envs=n_envs, seed=0)
+        model = RecurrentPPO(policy, venv, policy_kwargs=kwargs, seed=0, verbose=0)
+        model.learn(n_envs * model.n_steps)  # warm-up
+        t = time.perf_counter()
+        model.learn(steps, reset_num_timesteps=False)
+        sps = steps / (time.perf_counter() - t)
+        base = base or sps
+        res[name] = sps
+        rows.append([name, hidden, sps, sps / base])
+    torch.set_num_threads(old)
+    _print_table(f"sb3-contrib RecurrentPPO on {env_id}, {n_envs} envs, defaults, {threads} thread(s)",
+                 ["policy", "hidden", "env steps/s", "x stock"], rows)
+    res.update(env=_env_info(), env_id=env_id, n_envs=n_envs, hidden=hidden, threads=threads)
+    Path(out).write_text(json.dumps(res, indent=2))
+    return res

@@ -24,6 +24,7 @@ EPILOGS = {
   rl-seq train dt --dataset hopper/medium-v0 --out runs/dt-hopper --resume
   rl-seq train relit --env rl_seq/TMaze-v0 --set env_kwargs.corridor_length=50 --steps 400000
   rl-seq train lstm --env CartPole-v1 --backbone none      # the memoryless baseline
+  rl-seq train ds4 --env Hopper-v5 --init runs/ds4-hopper --steps 20000   # online fine-tuning
 
 Every config key (--set key=value, dotted for nested keys):
 """,
@@ -39,7 +40,8 @@ Every config key (--set key=value, dotted for nested keys):
   rl-seq bench kernels --json bench_kernels.json
   rl-seq bench sampler --dataset hopper/medium-v0
   rl-seq bench train --threads 1 2
-  rl-seq bench ppo --env CartPole-v1 --threads 1""",
+  rl-seq bench ppo --env CartPole-v1 --threads 1
+  rl-seq bench sb3 --hidden 64""",
     "plot": """examples:
   rl-seq plot runs/dt-hopper-s0 runs/dt-hopper-s1 --out dt.png""",
 }
@@ -79,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--wandb", action="store_true", help="also log to wandb (offline by default)")
     t.add_argument("--download", action="store_true", help="download the dataset if not local")
+    t.add_argument("--init", metavar="OFFLINE_RUN_DIR",
+                   help="fine-tune this offline return-conditioned agent online in --env (ds4 and friends); "
+                   "--set takes FinetuneConfig keys (steps, lr_actor, noise, ...)")
 
     e = sub.add_parser("eval", help="evaluate a trained run", epilog=EPILOGS["eval"], formatter_class=fmt)
     e.add_argument("run_dir", help="a run folder (or a saved agent folder)")
@@ -130,6 +135,12 @@ def _parser() -> argparse.ArgumentParser:
     bp.add_argument("--steps", type=int, default=8192)
     bp.add_argument("--threads", type=int, default=1)
     bp.add_argument("--json", default="bench_ppo.json")
+    b3 = bsub.add_parser("sb3", help="RecurrentPPO: stock LSTM policy vs rl_seq memories at equal hidden size")
+    b3.add_argument("--env", default="CartPole-v1")
+    b3.add_argument("--steps", type=int, default=4096)
+    b3.add_argument("--hidden", type=int, default=64)
+    b3.add_argument("--threads", type=int, default=1)
+    b3.add_argument("--json", default="bench_sb3.json")
 
     pl = sub.add_parser("plot", help="learning curves of run folders", epilog=EPILOGS["plot"],
                         formatter_class=fmt)
@@ -150,6 +161,8 @@ def cmd_train(a) -> int:
 
     if a.algo not in PRESETS:
         config_for(a.algo)  # the helpful error
+    if a.init:
+        return _finetune(a)
     online = PRESETS[a.algo][0].online
     if online and not a.env:
         raise CLIError(f"{a.algo} trains online: give --env ENV_ID (e.g. rl_seq/TMaze-v0, CartPole-v1)")
@@ -206,6 +219,35 @@ def cmd_train(a) -> int:
     return 0
 
 
+def _finetune(a) -> int:
+    from rl_seq.agents import load_agent
+    from rl_seq.agents.decision import DecisionAgent
+    from rl_seq.agents.finetune import FinetuneConfig, finetune
+    from rl_seq.config import load_config, to_dict
+    from rl_seq.runs import Run, seed_everything
+
+    if not a.env:
+        raise CLIError("online fine-tuning needs --env ENV_ID (the env the offline data came from)")
+    agent = load_agent(a.init)
+    if not isinstance(agent, DecisionAgent):
+        raise CLIError(f"--init takes a return-conditioned run (dt, dc, ds4, lram), not {agent.algo}")
+    overrides = list(a.set) + ([f"steps={a.steps}"] if a.steps else [])
+    cfg = load_config(FinetuneConfig, overrides=overrides)
+    seed = a.seed or 0
+    seed_everything(seed)
+    out = Path(a.out or f"{a.init.rstrip('/')}-finetune-s{seed}")
+    run = Run(out, dict(algo=f"{agent.algo}-finetune", env=a.env, init=str(a.init), config=to_dict(cfg)))
+    print(f"run folder: {out}")
+    res = finetune(agent, a.env, cfg, run, seed)
+    agent.save(out / "model")
+    run.write_json("eval.json", dict(before=res["before"], last=res["after"], best=res["best"],
+                                     note="before = the offline agent; last = after fine-tuning"))
+    run.close()
+    _print_eval(res["after"], f"{agent.algo} fine-tuned online in {a.env}", res["best"],
+                {**res["before"], "step": "before"})
+    return 0
+
+
 def _print_eval(res: dict, title: str, best: dict | None = None, data: dict | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -213,7 +255,9 @@ def _print_eval(res: dict, title: str, best: dict | None = None, data: dict | No
     tab = Table(title=title)
     for c in ("", "mean return", "std", "normalised score (x100)", "episodes", "step"):
         tab.add_column(c)
-    rows = [("last", res)] + ([("best", best)] if best else []) + ([("data", data)] if data else [])
+    rows = [("last", res)] + ([("best", best)] if best else [])
+    if data:
+        rows.append(("before" if data.get("step") == "before" else "data", data))
     for name, r in rows:
         ns = r.get("normalized_score")
         tab.add_row(name, f"{r['mean_return']:.2f}", f"{r['std_return']:.2f}",
@@ -295,8 +339,10 @@ def cmd_bench(a) -> int:
         bench.bench_sampler(a.dataset, a.json)
     elif a.what == "train":
         bench.bench_train(a.json, threads=a.threads, quick=a.quick)
-    else:
+    elif a.what == "ppo":
         bench.bench_ppo(a.json, env_id=a.env, steps=a.steps, threads=a.threads)
+    else:
+        bench.bench_sb3(a.json, env_id=a.env, steps=a.steps, hidden=a.hidden, threads=a.threads)
     return 0
 
 

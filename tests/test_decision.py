@@ -125,3 +125,14 @@ def test_dataset_from_minari_with_env_trains_and_evaluates(store):
     agent = rl_seq.make_agent("dt", dataset="test/pg-v0", **{**TINY, "eval_episodes": 2})
     out = agent.learn("test/pg-v0", steps=5)
     assert out["last"]["episodes"] == 2 and out["last"]["normalized_score"] is not None
+
+
+def test_online_finetuning_runs_and_reports_before_and_after(tmp_path):
+    from rl_seq.agents.finetune import FinetuneConfig, finetune
+
+    agent = rl_seq.make_agent("ds4", dataset=DATA, **{**TINY, "context": 5})
+    agent.learn(DATA, steps=50)
+    res = finetune(agent, "rl_seq/PointGoal-v0", FinetuneConfig(steps=300, start_steps=100, batch_size=8,
+                                                                 eval_every=300, eval_episodes=3))
+    assert res["before"]["episodes"] == 3 and res["after"]["step"] == 300
+    assert np.isfinite(res["after"]["mean_return"])

@@ -127,32 +127,42 @@ LOG_DECAY_FLOOR = -5.0  # per-step log-decay floor of the gated recurrences
 MAX_CHUNK = 16  # chunk · |floor| <= 80 keeps exp(±L) inside fp32
 
 
-def decay_scan(log_a: Tensor, x: Tensor, h0: Tensor, resets: Tensor, chunk: int = MAX_CHUNK) -> Tensor:
+def decay_scan(log_a: Tensor | list[Tensor], x: Tensor | list[Tensor], h0: Tensor | list[Tensor],
+               resets: Tensor, chunk: int = MAX_CHUNK):
     """All states of the elementwise recurrence ``h_t = exp(log_a_t) * h_{t-1} + x_t``.
 
     x: [B, T, ...]; log_a: the same or broadcastable to it (>= LOG_DECAY_FLOOR; a decay
     shared by several channels is exponentiated once); h0: [B, ...]; resets [B, T]: h is
     zeroed before a reset. Chunked: inside a chunk ``h_t = e^{L_t} (Σ_{s<=t, same episode}
     e^{-L_s} x_s + [alive_t] h_in)`` with L the in-chunk cumulative log-decay - one small
-    matmul per chunk, no loop over time steps. Returns h: [B, T, ...].
+    matmul per chunk, no loop over time steps. Lists of (log_a, x, h0) run together (one
+    reset mask and one matmul per chunk). Returns h: [B, T, ...] (a list for lists).
     """
     if chunk > MAX_CHUNK:
         raise ValueError(f"chunk must be <= {MAX_CHUNK} for the decay floor to stay finite")
-    B, T = x.shape[:2]
-    keep = (~resets).view(B, T, *([1] * (log_a.dim() - 2))).to(x.dtype)
-    log_a = log_a * keep  # decays at a reset never matter (cross-episode pairs are masked)
-    outs, h = [], h0
+    single = isinstance(x, Tensor)
+    log_as, xs_all, hs = ([log_a], [x], [h0]) if single else (list(log_a), list(x), list(h0))
+    B, T = xs_all[0].shape[:2]
+    keep = (~resets).to(xs_all[0].dtype)
+    log_as = [la * keep.view(B, T, *([1] * (la.dim() - 2))) for la in log_as]  # a reset's decay never matters
+    outs: list[list[Tensor]] = [[] for _ in xs_all]
     for c0 in range(0, T, chunk):
         sl = slice(c0, min(c0 + chunk, T))
-        L = log_a[:, sl].cumsum(1)
-        M = same_segment(resets[:, sl]).to(x.dtype)  # [B, c, c]
-        xs = torch.exp(-L) * x[:, sl]
-        inner = torch.einsum("bts,bsn->btn", M, xs.flatten(2)).view_as(xs)
-        a = alive(resets[:, sl]).to(x.dtype).view(*xs.shape[:2], *([1] * (x.dim() - 2)))
-        hh = torch.exp(L) * (inner + a * h.unsqueeze(1))
-        outs.append(hh)
-        h = hh[:, -1]
-    return torch.cat(outs, 1)
+        M = same_segment(resets[:, sl]).to(keep.dtype)  # [B, c, c]
+        a = alive(resets[:, sl]).to(keep.dtype)
+        Ls = [la[:, sl].cumsum(1) for la in log_as]
+        scaled = [torch.exp(-L) * xx[:, sl] for L, xx in zip(Ls, xs_all)]
+        inner = torch.einsum("bts,bsn->btn", M, torch.cat([z.flatten(2) for z in scaled], -1))
+        i = 0
+        for g, (L, z) in enumerate(zip(Ls, scaled)):
+            n = z[0, 0].numel()
+            part = inner[..., i:i + n].view_as(z)
+            i += n
+            hh = torch.exp(L) * (part + a.view(*z.shape[:2], *([1] * (z.dim() - 2))) * hs[g].unsqueeze(1))
+            outs[g].append(hh)
+            hs[g] = hh[:, -1]
+    res = [torch.cat(o, 1) for o in outs]
+    return res[0] if single else res
 
 
 def mask_rows(state: State, keep: Tensor) -> State:

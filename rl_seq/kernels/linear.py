@@ -29,7 +29,6 @@ from torch import Tensor, nn
 
 from rl_seq.kernels.base import (
     LOG_DECAY_FLOOR,
-    MAX_CHUNK,
     Mixer,
     State,
     alive,
@@ -193,15 +192,15 @@ class AGaLiTe(_GatedLinearBase):
         return y[:, 0], state
 
     def forward_fast(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
-        """All components are elementwise recurrences: chunked decay scans, the decay of
-        ṽ and k̃ shared by their r components."""
+        """All components are elementwise recurrences: one chunked decay scan of ṽ, k̃
+        and s together, the decay of ṽ and k̃ shared by their r components."""
         phi_q, phi_k, gk, v, b = self._features(x)
         vt0, kt0, s0, tick0 = state
         ticks = self._ticks(resets, tick0)
         cos = torch.cos(ticks[..., None] * self.omegas)[..., None, None]  # [B,T,r,1,1]
         la_v, la_k = torch.log1p(-b), torch.log1p(-gk)  # shared by the r components
-        vt = decay_scan(la_v[:, :, None], cos * (b * v)[:, :, None], vt0, resets, MAX_CHUNK)
-        kt = decay_scan(la_k[:, :, None], cos * (gk * phi_k)[:, :, None], kt0, resets, MAX_CHUNK)
-        s = decay_scan(la_k, gk * phi_k, s0, resets, MAX_CHUNK)
+        gphi = gk * phi_k
+        vt, kt, s = decay_scan([la_v[:, :, None], la_k[:, :, None], la_k],
+                               [cos * (b * v)[:, :, None], cos * gphi[:, :, None], gphi], [vt0, kt0, s0], resets)
         o = self._read(vt, kt, s, phi_q)
         return self._out(o), (vt[:, -1], kt[:, -1], s[:, -1], ticks[:, -1])

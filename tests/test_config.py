@@ -38,3 +38,16 @@ def test_bad_types_and_values():
 def test_unknown_and_planned_algorithms():
     with pytest.raises(ValueError, match="unknown algorithm 'ppo'; choose one of dt"):
         config_for("ppo")
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    import yaml
+
+    files = sorted(Path(__file__).resolve().parents[1].glob("configs/*/*.yaml"))
+    assert len(files) >= 20
+    for f in files:
+        algo = yaml.safe_load(f.read_text())["algo"]
+        assert algo == f.parent.name, f
+        config_for(algo, f)

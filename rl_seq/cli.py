@@ -26,7 +26,7 @@ EPILOGS = {
   rl-seq train lstm --env CartPole-v1 --backbone none      # the memoryless baseline
   rl-seq train ds4 --env Hopper-v5 --init runs/ds4-hopper --steps 20000   # online fine-tuning
 
-Every config key (--set key=value, dotted for nested keys):
+Every config key (--set key=value, dotted for nested keys), per algorithm family:
 """,
     "eval": """examples:
   rl-seq eval runs/dt-hopper --episodes 10
@@ -61,8 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     from rl_seq.agents import PRESETS, config_for
     from rl_seq.config import describe
 
-    keys = "\n".join(f"  {k:32s} {d:>10s}  {doc}" for k, d, doc in
-                     describe(type(config_for("dt"))))
+    sections = []
+    for algos, name in (("dt dc ds4 lram", "dt"), ("qt", "qt"), ("gtrxl relit lstm", "lstm")):
+        rows = "\n".join(f"  {k:32s} {d:>10s}  {doc}" for k, d, doc in describe(type(config_for(name))))
+        sections.append(f"[{algos}]\n{rows}")
+    keys = "\n\n".join(sections)
     t = sub.add_parser("train", help="train an agent", epilog=EPILOGS["train"] + keys,
                        formatter_class=fmt, description="Train ALGO offline on a Minari dataset "
                        "(--dataset; dt dc ds4 lram qt) or online in a Gymnasium env (--env; gtrxl relit "

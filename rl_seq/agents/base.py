@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from rl_seq.config import TrainConfig, build, to_dict
 from rl_seq.data.episodes import flat_observation_space, spaces_match
-from rl_seq.runs import Run, progress, rng_state, set_rng_state, stop_on_interrupt
+from rl_seq.runs import Run, progress, rng_state, seed_everything, set_rng_state, stop_on_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class Agent:
                                    ("cpu" if d == "auto" else d))
         if config.threads:
             torch.set_num_threads(config.threads)
+        seed_everything(config.seed)  # as SB3: the seed fixes the initial weights too
         self.model = self._build().to(self.device)
 
     # -- to implement -------------------------------------------------------------------

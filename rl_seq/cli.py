@@ -94,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--episodes", type=int, default=10)
     e.add_argument("--seed", type=int, default=10_000, help="seed of the first episode")
     e.add_argument("--target-return", type=float, help="return to condition on (return-conditioned agents)")
+    e.add_argument("--acting", choices=["cached", "window"],
+                   help="return-conditioned agents: step state (cached) or recompute the K-step window")
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
     d = sub.add_parser("datasets", help="list, inspect, download or make datasets",
@@ -273,6 +275,10 @@ def cmd_eval(a) -> int:
     from rl_seq.agents import load_agent
 
     agent = load_agent(a.run_dir)
+    if a.acting:
+        if not hasattr(agent.config, "acting"):
+            raise CLIError(f"--acting applies to return-conditioned agents, not {agent.algo}")
+        agent.config.acting = a.acting
     kwargs = dict(episodes=a.episodes, seed=a.seed)
     if a.target_return is not None:
         if not hasattr(agent, "setup_from_data"):

@@ -51,3 +51,9 @@ def test_every_shipped_config_loads():
         algo = yaml.safe_load(f.read_text())["algo"]
         assert algo == f.parent.name, f
         config_for(algo, f)
+
+
+def test_a_swapped_mixer_drops_the_presets_mixer_options():
+    cfg = config_for("relit", overrides=["backbone.mixer=linear"])
+    assert cfg.backbone.mixer_options == {}
+    assert config_for("relit").backbone.mixer_options == {"eta": 4, "r": 4}

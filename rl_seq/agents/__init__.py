@@ -42,7 +42,12 @@ def config_for(name: str, path=None, overrides: list[str] | None = None, **field
     if name not in PRESETS:
         raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(PRESETS)}")
     cls, preset, _ = PRESETS[name]
-    return load_config(cls.config_class, path, overrides, base=merge(preset, fields))
+    cfg = load_config(cls.config_class, path, overrides, base=merge(preset, fields))
+    # a swapped mixer does not inherit the preset mixer's options (e.g. relit --backbone linear)
+    pb = preset.get("backbone", {})
+    if cfg.backbone.mixer != pb.get("mixer") and cfg.backbone.mixer_options == pb.get("mixer_options", {}):
+        cfg.backbone.mixer_options = {}
+    return cfg
 
 
 def make_agent(name: str, env_or_spaces: Any = None, *, dataset: Any = None,

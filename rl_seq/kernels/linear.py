@@ -153,7 +153,8 @@ class AGaLiTe(_GatedLinearBase):
                  backend: str = "torch") -> None:
         super().__init__(d_model, n_heads, eta, backend)
         self.r = r
-        self.register_buffer("omegas", torch.linspace(-math.pi, math.pi, r), persistent=False)
+        # r distinct frequencies in (0, π]: cos is even, so ±ω would duplicate components
+        self.register_buffer("omegas", math.pi * torch.arange(1, r + 1) / r, persistent=False)
 
     def init_state(self, batch_size: int, device=None) -> State:
         H, r = self.n_heads, self.r

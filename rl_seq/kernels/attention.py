@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rl_seq.kernels.base import Mixer, State, alive, same_segment
+from rl_seq.kernels.base import Mixer, State, alive, left_pad, same_segment, trim_invalid
 
 
 class Attention(Mixer):
@@ -56,6 +56,9 @@ class Attention(Mixer):
         H, Dh = self.n_heads, self.head_dim
         q, k, v = self.qkv(x).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)  # 3 x [B,H,T,Dh]
         k0, v0, valid0 = state
+        full = k0.shape[2]
+        drop = trim_invalid(valid0)  # skip never-written slots of a pre-allocated cache
+        k0, v0, valid0 = k0[:, :, drop:], v0[:, :, drop:], valid0[:, drop:]
         L0 = k0.shape[2]
         keys = torch.cat([k0, k], 2)
         values = torch.cat([v0, v], 2)
@@ -72,12 +75,15 @@ class Attention(Mixer):
         valid = torch.cat([valid0 & alive(resets)[:, -1:], new[:, -1, :]], 1)
         start = L0 + T - keep
         state = (keys[:, :, start:], values[:, :, start:], valid[:, start:])
+        if self.window is not None:  # keep the fixed size of the cache
+            n = max(full, self.window - 1)
+            state = (left_pad(state[0], n, 2), left_pad(state[1], n, 2), left_pad(state[2], n, 1))
         return q, keys, values, mask, state
 
     def forward_fast(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
         B, T, D = x.shape
         q, keys, values, mask, new_state = self._prepare(x, state, resets)
-        plain = keys.shape[2] == T and self.window is None and not resets[:, 1:].any()
+        plain = keys.shape[2] == T and (self.window is None or self.window >= T) and not resets[:, 1:].any()
         if plain:
             y = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
         else:

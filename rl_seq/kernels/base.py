@@ -165,6 +165,23 @@ def decay_scan(log_a: Tensor | list[Tensor], x: Tensor | list[Tensor], h0: Tenso
     return res[0] if single else res
 
 
+def trim_invalid(valid: Tensor) -> int:
+    """How many leading cache slots are invalid in every row (pre-allocated, never written):
+    they can be skipped exactly, since masked keys contribute nothing."""
+    used = valid.any(0)
+    return valid.shape[1] if not bool(used.any()) else int(used.to(torch.int8).argmax())
+
+
+def left_pad(x: Tensor, n: int, dim: int) -> Tensor:
+    """Zero-pad ``x`` at the front of ``dim`` up to length n (False for bool)."""
+    missing = n - x.shape[dim]
+    if missing <= 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x.new_zeros(shape), x], dim)
+
+
 def mask_rows(state: State, keep: Tensor) -> State:
     """Zero the state of rows where ``keep`` is False. keep: bool [B]."""
     out = []

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rl_seq.kernels.base import Mixer, State, alive, same_segment
+from rl_seq.kernels.base import Mixer, State, alive, left_pad, same_segment, trim_invalid
 
 
 def sinusoid(n: int, dim: int, device=None) -> Tensor:
@@ -57,6 +57,8 @@ class XLAttention(Mixer):
         B, T, D = x.shape
         H, Dh = self.n_heads, self.head_dim
         mem, valid0 = state
+        drop = trim_invalid(valid0)  # skip never-written slots of the pre-allocated memory
+        mem, valid0 = mem[:, drop:], valid0[:, drop:]
         L0 = mem.shape[1]
         h = torch.cat([mem, x], 1)  # [B, L, D]
         L = L0 + T
@@ -72,7 +74,7 @@ class XLAttention(Mixer):
         qc = q + self.u[None, :, None]
         keep = min(L, self.memory)
         valid = torch.cat([valid0 & alive(resets)[:, -1:], same_segment(resets)[:, -1, :]], 1)
-        new_state = (h[:, L - keep:].detach(), valid[:, L - keep:])
+        new_state = (left_pad(h[:, L - keep:].detach(), self.memory, 1), left_pad(valid[:, L - keep:], self.memory, 1))
         return qc, k, v, pos, mask, new_state
 
     def forward_fast(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:

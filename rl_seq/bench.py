@@ -202,7 +202,7 @@ def bench_train(out: str | Path = "bench_train.json", threads=(1, 2), quick: boo
     old = torch.get_num_threads()
     for th in threads:
         torch.set_num_threads(th)
-        for algo in ALGOS:
+        for algo in [name for name, cls in ALGOS.items() if not cls.online]:
             torch.manual_seed(0)
             agent = rl_seq.make_agent(algo, dataset=data, eval_episodes=0, **size)
             cfg = agent.config

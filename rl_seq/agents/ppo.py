@@ -340,6 +340,8 @@ class PPOAgent(Agent):
               run: Run | None = None) -> dict:
         """Train online in ``env`` (a Gymnasium id) for ``steps`` environment steps."""
         cfg, dev, model = self.config, self.device, self.model
+        if not isinstance(env, str):
+            raise TypeError(f"{self.algo or 'PPO'} trains online: pass a Gymnasium env id, not {type(env).__name__}")
         steps = steps or cfg.steps
         self.meta.update(env_id=env, env_kwargs=cfg.env_kwargs)
         venv = self.make_train_env(env)

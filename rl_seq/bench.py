@@ -260,7 +260,7 @@ def bench_ppo(out: str | Path = "bench_ppo.json", env_id: str = "CartPole-v1", s
         base = steps / (time.perf_counter() - t)
         rows.append(["sb3-contrib RecurrentPPO (LSTM)", "defaults: 10 x 128", hidden, base, 1.0])
     except ImportError:
-        pass
+        print("sb3-contrib is not installed (pip install 'rl-seq[contrib]'): no baseline row")
     res["sb3_contrib_RecurrentPPO"] = base
     settings = {"defaults: 4 x 256": {}, "matched: 10 x 128": dict(n_epochs=10, n_minibatches=n_envs * n_steps // 128)}
     for mixer in backbones:

@@ -48,7 +48,7 @@ Every config key (--set key=value, dotted for nested keys), per algorithm family
 
 
 class CLIError(Exception):
-    pass
+    """A command-line usage error, printed as `error: ...` with exit code 2."""
 
 
 def _parser() -> argparse.ArgumentParser:

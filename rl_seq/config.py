@@ -19,7 +19,7 @@ import yaml
 
 
 class ConfigError(ValueError):
-    pass
+    """An unknown key, a wrong type or an invalid value in a config."""
 
 
 @dataclass

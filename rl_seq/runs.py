@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
-    pass
+    """A checkpoint is missing, corrupt or truncated."""
 
 
 def seed_everything(seed: int) -> None:

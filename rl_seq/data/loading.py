@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 class DatasetNotFoundError(LookupError):
-    pass
+    """A dataset id is neither local, built-in, nor asked to be downloaded."""
 
 
 def local_datasets() -> list[str]:

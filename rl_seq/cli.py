@@ -160,6 +160,7 @@ def cmd_train(a) -> int:
     import yaml
 
     from rl_seq.agents import PRESETS, config_for, make_agent
+    from rl_seq.agents.base import eval_seed
     from rl_seq.config import to_dict
     from rl_seq.plot import plot_runs
     from rl_seq.runs import Run, seed_everything
@@ -211,7 +212,7 @@ def cmd_train(a) -> int:
     agent.save(out / "model")
     targets = {}
     for tr in agent.meta.get("target_returns", [])[1:]:
-        targets[str(tr)] = agent.evaluate(episodes=cfg.eval_episodes, seed=10_000 + 100 * cfg.seed,
+        targets[str(tr)] = agent.evaluate(episodes=cfg.eval_episodes, seed=eval_seed(cfg.seed),
                                           target_return=tr).to_dict()
     report = dict(last=result["last"], best=result["best"], other_targets=targets,
                   note="last = evaluation at the final step; best = the best periodic evaluation")

@@ -177,8 +177,9 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def _plain(v):
-    if isinstance(v, torch.Tensor | np.generic | np.ndarray):
-        v = v.item() if getattr(v, "size", 2) == 1 or getattr(v, "numel", lambda: 2)() == 1 else v.tolist()
+    if isinstance(v, torch.Tensor | np.ndarray | np.generic):
+        v = np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v)
+        v = v.item() if v.size == 1 else v.tolist()
     if isinstance(v, float) and not np.isfinite(v):
         return None
     return v

@@ -31,6 +31,12 @@ from rl_seq.runs import Run, progress, rng_state, seed_everything, set_rng_state
 log = logging.getLogger(__name__)
 
 
+def eval_seed(seed: int) -> int:
+    """Seed of the first evaluation episode for a run seeded ``seed`` (fixed per run, apart
+    from the training seeds)."""
+    return 10_000 + 100 * seed
+
+
 @dataclass
 class EvalResult:
     """One evaluation: N episodes run in parallel with fixed seeds."""
@@ -96,6 +102,20 @@ class Agent:
              rewards: np.ndarray | None, deterministic: bool) -> tuple[np.ndarray, Any]:
         """obs [n, *obs_shape] on the device -> actions [n, ...] (numpy), new state."""
         raise NotImplementedError
+
+    def _adopt_data(self, episodes) -> None:
+        """What every offline agent takes from its dataset: a space check, the eval env,
+        the reference scores (config overrides win) and the observation statistics."""
+        cfg = self.config
+        episodes.check_spaces(self.observation_space, self.action_space)
+        ref_min, ref_max = getattr(cfg, "ref_min_score", None), getattr(cfg, "ref_max_score", None)
+        self.meta.update(
+            env_id=episodes.env_id, env_kwargs=episodes.env_kwargs, dataset_id=episodes.dataset_id,
+            ref_min_score=ref_min if ref_min is not None else episodes.ref_min_score,
+            ref_max_score=ref_max if ref_max is not None else episodes.ref_max_score)
+        emb = self.model.backbone.tokenizer.embed["obs"]
+        if emb.kind == "box":
+            emb.set_normalization(*episodes.observation_stats())
 
     # -- SB3's predict contract ---------------------------------------------------------
     def predict(self, observation, state: Any = None, episode_start: np.ndarray | None = None,
@@ -243,13 +263,15 @@ def warmup(steps: int) -> Callable[[int], float]:
 
 
 def train_offline(agent: Agent, sampler, update: Callable[[dict], dict], optimizer, scheduler,
-                  run: Run | None, steps: int, resume: bool = False,
-                  evaluate: Callable[[], EvalResult] | None = None, extra_state: dict | None = None
-                  ) -> dict:
+                  run: Run | None, steps: int, resume: bool = False, extra_state: dict | None = None) -> dict:
     """Run ``update(batch) -> metrics`` for ``steps`` steps with checkpoints, resume,
-    Ctrl-C safety, periodic evaluation and logging. Returns ``{"last": ..., "best": ...}``
-    evaluations (dicts) and the final step."""
+    Ctrl-C safety, periodic evaluation (in the data's env, when it names one) and logging.
+    Returns ``{"last": ..., "best": ...}`` evaluations (dicts) and the final step."""
     cfg = agent.config
+    evaluate = None
+    if agent.meta.get("env_id") and cfg.eval_episodes > 0:
+        def evaluate() -> EvalResult:
+            return agent.evaluate(episodes=cfg.eval_episodes, seed=eval_seed(cfg.seed))
     start, best, last = 0, None, None
     extra_state = extra_state or {}
 

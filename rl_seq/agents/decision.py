@@ -123,20 +123,13 @@ class DecisionAgent(Agent):
     def setup_from_data(self, episodes: Episodes) -> None:
         """Observation statistics, return scale, target returns and reference scores."""
         cfg = self.config
-        episodes.check_spaces(self.observation_space, self.action_space)
+        self._adopt_data(episodes)
         returns = episodes.episode_returns()
         scale = cfg.return_scale or float(np.abs(returns).max()) or 1.0
         targets = cfg.target_returns or [float(returns.max())]
-        self.meta.update(
-            return_scale=scale, target_returns=[float(x) for x in targets],
-            target_return=float(targets[0]), env_id=episodes.env_id,
-            env_kwargs=episodes.env_kwargs, dataset_id=episodes.dataset_id,
-            ref_min_score=cfg.ref_min_score if cfg.ref_min_score is not None else episodes.ref_min_score,
-            ref_max_score=cfg.ref_max_score if cfg.ref_max_score is not None else episodes.ref_max_score)
+        self.meta.update(return_scale=scale, target_returns=[float(x) for x in targets],
+                         target_return=float(targets[0]))
         self.model.return_scale.fill_(scale)
-        tok = self.model.backbone.tokenizer
-        if tok.embed["obs"].kind == "box":
-            tok.embed["obs"].set_normalization(*episodes.observation_stats())
 
     # -- training -------------------------------------------------------------------------
     def learn(self, dataset: str | Episodes, steps: int | None = None, run_dir=None,
@@ -172,11 +165,7 @@ class DecisionAgent(Agent):
             sched.step()
             return {"loss": loss.item(), "grad_norm": gnorm.item()}
 
-        evaluate = None
-        if self.meta.get("env_id") and cfg.eval_episodes > 0:
-            def evaluate() -> EvalResult:
-                return self.evaluate(episodes=cfg.eval_episodes, seed=10_000 + 100 * cfg.seed)
-        return train_offline(self, sampler, update, opt, sched, run, steps, resume, evaluate)
+        return train_offline(self, sampler, update, opt, sched, run, steps, resume)
 
     def evaluate(self, env=None, episodes: int = 10, seed: int = 10_000,
                  deterministic: bool = True, target_return: float | None = None) -> EvalResult:
@@ -227,7 +216,7 @@ class DecisionAgent(Agent):
         state.prev_action = action
         return action.cpu().numpy(), state
 
-    def _step_fields(self, obs, state):
+    def _step_fields(self, state):
         dev = self.device
         rtg = torch.as_tensor(state.rtg, dtype=torch.float32, device=dev)
         t = torch.as_tensor(state.t, device=dev)
@@ -236,7 +225,7 @@ class DecisionAgent(Agent):
     def _cached_features(self, obs, state: DecisionState, episode_start) -> torch.Tensor:
         """Feed a_{t-1}, R_t, s_t; the reset flag sits on R_t of a new episode."""
         tok = self.model.backbone.tokenizer
-        rtg, t = self._step_fields(obs, state)
+        rtg, t = self._step_fields(state)
         fields = self.model.fields(obs, state.prev_action, rtg, t)
         a_tok = tok.embed_slots({**fields, "timestep": (t - 1).clamp(min=0)}, [tok.slot_index("act")])
         rs_tok = tok.embed_slots(fields, [tok.slot_index("rtg"), tok.slot_index("obs")])
@@ -249,7 +238,7 @@ class DecisionAgent(Agent):
     def _window_features(self, obs, state: DecisionState, episode_start) -> torch.Tensor:
         """Recompute the last K steps (the original DT rollout)."""
         K, n = self.config.context, obs.shape[0]
-        rtg, t = self._step_fields(obs, state)
+        rtg, t = self._step_fields(state)
         hist = state.history
         if hist is None:
             hist = dict(obs=obs.new_zeros((n, K, *obs.shape[1:])),

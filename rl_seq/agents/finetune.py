@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rl_seq.agents.base import eval_seed
 from rl_seq.agents.decision import DecisionAgent
 from rl_seq.data import Episodes, SegmentSampler
 from rl_seq.runs import Run, progress
@@ -67,7 +68,7 @@ def finetune(agent: DecisionAgent, env_id: str, cfg: FinetuneConfig, run: Run | 
     if not isinstance(agent.action_space, gym.spaces.Box):
         raise TypeError("online fine-tuning needs a continuous (Box) action space")
     dev = agent.device
-    before = agent.evaluate(env_id, episodes=cfg.eval_episodes, seed=10_000 + 100 * seed).to_dict()
+    before = agent.evaluate(env_id, episodes=cfg.eval_episodes, seed=eval_seed(seed)).to_dict()
     log.info("before fine-tuning: mean return %.1f", before["mean_return"])
     obs_dim = int(np.prod(agent.observation_space.shape))
     act_dim = int(np.prod(agent.action_space.shape))
@@ -161,7 +162,7 @@ def finetune(agent: DecisionAgent, env_id: str, cfg: FinetuneConfig, run: Run | 
             if run is not None and step % 500 < cfg.train_every:
                 run.log(step, "train", dict(q_loss=q_loss.item(), sps=step / (time.time() - t0)))
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                after = agent.evaluate(env_id, episodes=cfg.eval_episodes, seed=10_000 + 100 * seed).to_dict()
+                after = agent.evaluate(env_id, episodes=cfg.eval_episodes, seed=eval_seed(seed)).to_dict()
                 after["step"] = step
                 if run is not None:
                     run.log(step, "eval", {k: v for k, v in after.items() if k not in ("returns", "lengths")})

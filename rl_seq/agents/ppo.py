@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rl_seq.agents.base import Agent
+from rl_seq.agents.base import Agent, eval_seed
 from rl_seq.config import ConfigError, TrainConfig
 from rl_seq.nets import Backbone, BackboneConfig, CategoricalHead, GaussianHead, ValueHead
 from rl_seq.runs import Run, progress, rng_state, set_rng_state, stop_on_interrupt
@@ -460,7 +460,7 @@ class PPOAgent(Agent):
         return dict(last=last, best=best, step=n_updates * N * T)
 
     def _eval_log(self, run, step, best):
-        res = self.evaluate(episodes=self.config.eval_episodes, seed=10_000 + 100 * self.config.seed).to_dict()
+        res = self.evaluate(episodes=self.config.eval_episodes, seed=eval_seed(self.config.seed)).to_dict()
         res["step"] = step
         if run is not None:
             run.log(step, "eval", {k: v for k, v in res.items() if k not in ("returns", "lengths")})

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rl_seq.agents.base import Agent, EvalResult, param_groups, train_offline, warmup
+from rl_seq.agents.base import Agent, param_groups, train_offline, warmup
 from rl_seq.config import ConfigError, TrainConfig
 from rl_seq.data import Episodes, SegmentSampler, load_episodes
 from rl_seq.nets import Backbone, BackboneConfig, QBinHead
@@ -186,16 +186,8 @@ class QTAgent(Agent):
         return QTModel(self.observation_space, self.action_space, cfg)
 
     def setup_from_data(self, episodes: Episodes) -> None:
-        cfg = self.config
-        episodes.check_spaces(self.observation_space, self.action_space)
-        self.meta.update(
-            env_id=episodes.env_id, env_kwargs=episodes.env_kwargs, dataset_id=episodes.dataset_id,
-            reward_min=float(episodes.rewards.min()), reward_max=float(episodes.rewards.max()),
-            ref_min_score=cfg.ref_min_score if cfg.ref_min_score is not None else episodes.ref_min_score,
-            ref_max_score=cfg.ref_max_score if cfg.ref_max_score is not None else episodes.ref_max_score)
-        emb = self.model.backbone.tokenizer.embed["obs"]
-        if emb.kind == "box":
-            emb.set_normalization(*episodes.observation_stats())
+        self._adopt_data(episodes)
+        self.meta.update(reward_min=float(episodes.rewards.min()), reward_max=float(episodes.rewards.max()))
 
     def scale_rewards(self, r: np.ndarray) -> np.ndarray:
         lo, hi = self.meta["reward_min"], self.meta["reward_max"]
@@ -241,12 +233,7 @@ class QTAgent(Agent):
                     pt.lerp_(p, cfg.tau)
             return {"loss": loss.item(), "td": td.item(), "conservative": cons.item(), "grad_norm": gnorm.item()}
 
-        evaluate = None
-        if self.meta.get("env_id") and cfg.eval_episodes > 0:
-            def evaluate() -> EvalResult:
-                return self.evaluate(episodes=cfg.eval_episodes, seed=10_000 + 100 * cfg.seed)
-        return train_offline(self, sampler, update, opt, sched, run, steps, resume, evaluate,
-                             extra_state={"target": target})
+        return train_offline(self, sampler, update, opt, sched, run, steps, resume, extra_state={"target": target})
 
     def _act(self, obs, state: QTState | None, episode_start, rewards, deterministic):
         n, d = obs.shape[0], self.model.dims

@@ -182,15 +182,6 @@ def left_pad(x: Tensor, n: int, dim: int) -> Tensor:
     return torch.cat([x.new_zeros(shape), x], dim)
 
 
-def mask_rows(state: State, keep: Tensor) -> State:
-    """Zero the state of rows where ``keep`` is False. keep: bool [B]."""
-    out = []
-    for s in state:
-        k = keep.view(-1, *([1] * (s.dim() - 1)))
-        out.append(torch.where(k, s, torch.zeros_like(s)))
-    return tuple(out)
-
-
 class PackedSegments:
     """Cut each row of a [B, T, ...] batch at its resets and lay the pieces out as separate
     zero-padded sequences [S, T, ...], so kernels that know nothing of resets (FFT

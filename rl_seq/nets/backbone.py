@@ -162,12 +162,3 @@ class Backbone(nn.Module):
             x, s = block.step(x, s, r)
             new.append(s)
         return self.ln_f(x)[:, None], tuple(new)
-
-
-def select_state(state, keep: Tensor, other):
-    """Row-wise choose between two nested states: rows where ``keep`` is True come from
-    ``state``, the others from ``other`` (same structure)."""
-    if isinstance(state, Tensor):
-        k = keep.view(-1, *([1] * (state.dim() - 1)))
-        return torch.where(k, state, other)
-    return tuple(select_state(s, keep, o) for s, o in zip(state, other))

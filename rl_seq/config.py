@@ -42,6 +42,11 @@ class TrainConfig:
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     threads: int = 0
     """torch CPU threads (0 = torch's default)."""
+    amp: str = "auto"
+    """Mixed precision for training passes: ``bf16`` (autocast), ``off``, or ``auto`` (bf16 on
+    CUDA, float32 on CPU)."""
+    compile: str = "auto"
+    """``torch.compile`` the training forward: ``on``, ``off``, or ``auto`` (on CUDA only)."""
     wandb: bool = False
     """Log to Weights & Biases too (offline unless WANDB_MODE says otherwise)."""
     wandb_project: str = "rl_seq"
@@ -52,6 +57,10 @@ class TrainConfig:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.amp not in ("auto", "bf16", "off"):
+            raise ConfigError(f"amp must be auto, bf16 or off, got {self.amp!r}")
+        if self.compile not in ("auto", "on", "off"):
+            raise ConfigError(f"compile must be auto, on or off, got {self.compile!r}")
 
 
 def _hints(cls) -> dict[str, Any]:

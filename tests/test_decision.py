@@ -136,3 +136,28 @@ def test_online_finetuning_runs_and_reports_before_and_after(tmp_path):
                                                                  eval_every=300, eval_episodes=3))
     assert res["before"]["episodes"] == 3 and res["after"]["step"] == 300
     assert np.isfinite(res["after"]["mean_return"])
+
+
+@pytest.mark.parametrize("algo", ["dt", "dc", "ds4", "lram", "qt"])
+def test_bf16_autocast_trains_like_float32(algo):
+    """``amp=bf16`` (the GPU default) runs every offline algorithm; CPU autocast checks the path."""
+    losses, weights = {}, {}
+    for amp in ("off", "bf16"):
+        agent = rl_seq.make_agent(algo, dataset=DATA, seed=0, lr=1e-3, amp=amp,
+                                  **{**TINY, "eval_episodes": 0, "log_every": 10})
+        losses[amp] = agent.learn(DATA, steps=30)["train"]["loss"]
+        weights[amp] = torch.cat([p.detach().flatten() for p in agent.model.parameters()])
+    assert np.isfinite(losses["bf16"]) and abs(losses["bf16"] - losses["off"]) < 0.2 * abs(losses["off"]) + 1e-3
+    assert not torch.equal(weights["off"], weights["bf16"])  # autocast really ran in bf16
+
+
+@pytest.mark.slow
+def test_torch_compile_training_matches_eager():
+    """``compile=on`` (the GPU default) trains the same model; slow on CPU (about a minute to compile)."""
+    out = {}
+    for comp in ("off", "on"):
+        agent = rl_seq.make_agent("dt", dataset=DATA, seed=0, lr=1e-3, compile=comp,
+                                  **{**TINY, "eval_episodes": 0, "log_every": 10})
+        agent.learn(DATA, steps=20)
+        out[comp] = torch.cat([p.detach().flatten() for p in agent.model.parameters()])
+    assert torch.allclose(out["off"], out["on"], atol=1e-4)

@@ -98,6 +98,22 @@ class Agent:
     def _build(self) -> torch.nn.Module:
         raise NotImplementedError
 
+    # -- training precision and compilation (config ``amp``, ``compile``) ------------------
+    def autocast(self) -> torch.autocast:
+        """Context for training forward passes: bf16 autocast when ``amp`` asks for it
+        (``auto``: on CUDA only); the loss and the backward pass stay outside it."""
+        on = self.config.amp == "bf16" or (self.config.amp == "auto" and self.device.type == "cuda")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
+
+    def training_model(self) -> torch.nn.Module:
+        """The model as training calls it: ``torch.compile``'d when ``compile`` asks for it
+        (``auto``: on CUDA only). It shares the parameters of ``self.model``; acting and
+        saving use ``self.model`` itself."""
+        c = self.config.compile
+        if c == "on" or (c == "auto" and self.device.type == "cuda"):
+            return torch.compile(self.model)
+        return self.model
+
     def _act(self, obs: torch.Tensor, state: Any, episode_start: np.ndarray,
              rewards: np.ndarray | None, deterministic: bool) -> tuple[np.ndarray, Any]:
         """obs [n, *obs_shape] on the device -> actions [n, ...] (numpy), new state."""
@@ -266,7 +282,8 @@ def train_offline(agent: Agent, sampler, update: Callable[[dict], dict], optimiz
                   run: Run | None, steps: int, resume: bool = False, extra_state: dict | None = None) -> dict:
     """Run ``update(batch) -> metrics`` for ``steps`` steps with checkpoints, resume,
     Ctrl-C safety, periodic evaluation (in the data's env, when it names one) and logging.
-    Returns ``{"last": ..., "best": ...}`` evaluations (dicts) and the final step."""
+    Returns ``{"last": ..., "best": ...}`` evaluations (dicts), the final ``step`` and the
+    last step's training metrics (``train``)."""
     cfg = agent.config
     evaluate = None
     if agent.meta.get("env_id") and cfg.eval_episodes > 0:
@@ -342,4 +359,4 @@ def train_offline(agent: Agent, sampler, update: Callable[[dict], dict], optimiz
     if evaluate is not None and (last is None or last.get("step") != steps):
         do_eval(steps)
     checkpoint(steps)
-    return dict(last=last, best=best, step=steps)
+    return dict(last=last, best=best, step=steps, train=metrics if steps > start else None)

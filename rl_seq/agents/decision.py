@@ -145,14 +145,15 @@ class DecisionAgent(Agent):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps))
         if run is None and run_dir is not None:
             run = Run(run_dir, {"algo": self.algo, "dataset": episodes.dataset_id}, resume)
-        dev = self.device
+        dev, model = self.device, self.training_model()
 
         def update(batch: dict) -> dict:
             b = {k: torch.as_tensor(v, device=dev) for k, v in batch.items()}
             obs = b["obs"].float() if b["obs"].is_floating_point() else b["obs"]
             fields = self.model.fields(obs, b["act"], b["rtg"], b["timestep"])
-            pred = self.model(fields, b["episode_start"])
-            mask = b["mask"].float()
+            with self.autocast():
+                pred = model(fields, b["episode_start"])
+            pred, mask = pred.float(), b["mask"].float()
             if self.model.discrete:
                 per_step = F.cross_entropy(pred.transpose(1, 2), b["act"].long(), reduction="none")
             else:

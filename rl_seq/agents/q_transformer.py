@@ -209,16 +209,19 @@ class QTAgent(Agent):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps))
         if run is None and run_dir is not None:
             run = Run(run_dir, {"algo": self.algo, "dataset": episodes.dataset_id}, resume)
-        disc = self.model.backbone.tokenizer.discretiser
+        disc, model = self.model.backbone.tokenizer.discretiser, self.training_model()
 
         def update(batch: dict) -> dict:
             b = {k: torch.as_tensor(v, device=self.device) for k, v in batch.items()}
             obs = b["obs"].float() if b["obs"].is_floating_point() else b["obs"]
             fields = dict(obs=obs, act=b["act"].float(), timestep=b["timestep"])
-            q = self.model(fields, b["episode_start"])
+            with self.autocast():
+                q = model(fields, b["episode_start"]).float()
+                with torch.no_grad():
+                    target.eval()
+                    q_next = target(fields, b["episode_start"]).float()
             with torch.no_grad():
-                target.eval()
-                y, trainable = targets(target(fields, b["episode_start"]), b["rew"].float(), b["final"],
+                y, trainable = targets(q_next, b["rew"].float(), b["final"],
                                        b["terminal"], b["mask"], b["mc"].float(), cfg.gamma, cfg.n_step,
                                        cfg.mc_lower_bound)
             td, cons = td_and_conservative(q, disc.encode(b["act"].float()), y, trainable)

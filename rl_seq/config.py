@@ -71,8 +71,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() == "none")):
+            return None  # `--set key=none` on an optional field; a str field keeps "none" (a mixer name)
         errors = []
         for a in args:
             if a is type(None):
@@ -148,8 +148,6 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        if isinstance(value, str) and value.lower() in ("none", "null"):
-            value = None
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:

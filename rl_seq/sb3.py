@@ -87,7 +87,8 @@ class SeqMemory(nn.Module):
         n_seq = state[0].shape[1]
         x = self.proj(features).reshape(n_seq, -1, self.backbone.cfg.d_model)
         starts = episode_starts.reshape(n_seq, -1) > 0.5
-        h, new = self.backbone.forward_tokens(x, self.unflatten(state[0][0]), starts)
+        # rollouts (one step per env) take the mixers' recurrent step, training the parallel forward
+        h, new = self.backbone.step_tokens(x, self.unflatten(state[0][0]), starts)
         flat = self.flatten(new)[None]
         return h.reshape(-1, h.shape[-1]), (flat, torch.zeros_like(flat))
 

@@ -57,3 +57,10 @@ def test_a_swapped_mixer_drops_the_presets_mixer_options():
     cfg = config_for("relit", overrides=["backbone.mixer=linear"])
     assert cfg.backbone.mixer_options == {}
     assert config_for("relit").backbone.mixer_options == {"eta": 4, "r": 4}
+
+
+def test_none_is_a_mixer_name_and_null_for_optional_fields():
+    """``--backbone none`` (the memoryless baseline) and ``--set target_kl=none`` both work."""
+    cfg = config_for("lstm", overrides=["backbone.mixer=none", "target_kl=none"])
+    assert cfg.backbone.mixer == "none" and cfg.target_kl is None
+    assert config_for("lstm", overrides=["target_kl=0.02"]).target_kl == 0.02

@@ -14,7 +14,7 @@ from rl_seq.config import load_config, merge
 
 # name -> (agent class, preset over the config defaults, one-line description)
 PRESETS: dict[str, tuple[type[Agent], dict, str]] = {
-    "dt": (DecisionAgent, dict(backbone=dict(mixer="attention", n_heads=1)),
+    "dt": (DecisionAgent, dict(backbone=dict(mixer="attention", n_heads=1, activation="relu")),
            "Decision Transformer: return-conditioned BC, causal softmax attention"),
     "dc": (DecisionAgent, dict(backbone=dict(mixer="conv", mixer_options=dict(kernel_size=6))),
            "Decision ConvFormer: return-conditioned BC, causal depthwise convolution"),

@@ -39,13 +39,16 @@ from rl_seq.kernels.base import (
 
 
 class _GatedLinearBase(Mixer):
-    def __init__(self, d_model: int, n_heads: int, eta: int, backend: str) -> None:
+    def __init__(self, d_model: int, n_heads: int, eta: int, gate_bias: float, backend: str) -> None:
         super().__init__(d_model, n_heads, backend)
         self.eta = eta
         self.dk = self.head_dim * eta
         H = n_heads
         # q, k, v, value gate b, key gate g, and the three eta-projections p1, p2, p3
         self.inp = nn.Linear(d_model, 5 * d_model + 3 * H * eta, bias=False)
+        # learnable biases of the b and g pre-activations; a negative start (like an LSTM's
+        # forget-gate bias) starts the memory long: each step keeps about 1 - σ(gate_bias)
+        self.gate_bias = nn.Parameter(torch.full((2, d_model), float(gate_bias)))
         self.proj = nn.Linear(d_model, d_model)
         self.eps = 1e-6
 
@@ -54,6 +57,7 @@ class _GatedLinearBase(Mixer):
         B, T, _ = x.shape
         H, Dh, e = self.n_heads, self.head_dim, self.eta
         q, k, v, b, g, p = self.inp(x).split([self.d_model] * 5 + [3 * H * e], -1)
+        b, g = b + self.gate_bias[0], g + self.gate_bias[1]
         p1, p2, p3 = p.view(B, T, H, 3, e).unbind(3)
 
         def outer(a: Tensor, c: Tensor) -> Tensor:
@@ -72,13 +76,14 @@ class _GatedLinearBase(Mixer):
 
 class GaLiTe(_GatedLinearBase):
     """GaLiTe. Args: d_model, n_heads, eta (feature expansion), chunk (chunk length of the
-    parallel form), backend. State: ``(C [B,H,Dh,dk], s [B,H,dk])``."""
+    parallel form), gate_bias (initial bias of the gate pre-activations; 0 as in the paper,
+    negative for a longer initial memory), backend. State: ``(C [B,H,Dh,dk], s [B,H,dk])``."""
 
     name = "linear"
 
     def __init__(self, d_model: int, n_heads: int = 4, *, eta: int = 4, chunk: int = 16,
-                 backend: str = "torch") -> None:
-        super().__init__(d_model, n_heads, eta, backend)
+                 gate_bias: float = 0.0, backend: str = "torch") -> None:
+        super().__init__(d_model, n_heads, eta, gate_bias, backend)
         self.chunk = chunk
 
     def init_state(self, batch_size: int, device=None) -> State:
@@ -144,14 +149,15 @@ class GaLiTe(_GatedLinearBase):
 
 
 class AGaLiTe(_GatedLinearBase):
-    """AGaLiTe. Args: d_model, n_heads, eta, r (oscillating components), backend.
+    """AGaLiTe. Args: d_model, n_heads, eta, r (oscillating components), gate_bias (as
+    GaLiTe's), backend.
     State: ``(ṽ [B,r,H,Dh], k̃ [B,r,H,dk], s [B,H,dk], tick [B])``."""
 
     name = "agalite"
 
     def __init__(self, d_model: int, n_heads: int = 4, *, eta: int = 4, r: int = 4,
-                 backend: str = "torch") -> None:
-        super().__init__(d_model, n_heads, eta, backend)
+                 gate_bias: float = 0.0, backend: str = "torch") -> None:
+        super().__init__(d_model, n_heads, eta, gate_bias, backend)
         self.r = r
         # r distinct frequencies in (0, π]: cos is even, so ±ω would duplicate components
         self.register_buffer("omegas", math.pi * torch.arange(1, r + 1) / r, persistent=False)

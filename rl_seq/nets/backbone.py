@@ -16,6 +16,8 @@ from rl_seq.kernels import MIXERS, make_mixer
 from rl_seq.kernels.base import State
 from rl_seq.tokenizer import TrajectoryTokenizer
 
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
 
 @dataclass
 class BackboneConfig:
@@ -31,6 +33,8 @@ class BackboneConfig:
     """Heads of the mixer (where it has heads)."""
     mlp_ratio: int = 4
     """Hidden width of the MLP, as a multiple of D."""
+    activation: str = "gelu"
+    """MLP activation: ``gelu`` or ``relu`` (the reference Decision Transformer's)."""
     dropout: float = 0.1
     """Dropout on the embeddings and on each residual branch."""
     block: str = "pre_ln"
@@ -43,6 +47,8 @@ class BackboneConfig:
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
             raise ValueError(f"unknown mixer {self.mixer!r}; choose one of {', '.join(MIXERS)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.block not in ("pre_ln", "gtrxl"):
             raise ValueError(f"block must be 'pre_ln' or 'gtrxl', got {self.block!r}")
         if self.d_model % self.n_heads:
@@ -75,7 +81,7 @@ class Block(nn.Module):
         D = cfg.d_model
         self.mixer = make_mixer(cfg.mixer, D, cfg.n_heads, backend=cfg.backend, **cfg.mixer_options)
         self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
-        self.mlp = nn.Sequential(nn.Linear(D, cfg.mlp_ratio * D), nn.GELU(),
+        self.mlp = nn.Sequential(nn.Linear(D, cfg.mlp_ratio * D), ACTIVATIONS[cfg.activation](),
                                  nn.Linear(cfg.mlp_ratio * D, D))
         self.drop = nn.Dropout(cfg.dropout)
         self.gated = cfg.block == "gtrxl"

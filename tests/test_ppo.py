@@ -164,3 +164,16 @@ def test_ppo_save_load_and_sb3_evaluate(tmp_path):
     rets, _ = evaluate_policy(loaded, loaded.wrap_env(venv), n_eval_episodes=3, return_episode_rewards=True,
                               warn=False)
     assert sorted(rets) == sorted(ours.returns)
+
+
+def test_popgym_envs_train_through_the_module_prefix(tmp_path):
+    """popgym (optional extra) registers its envs on import; gymnasium's ``module:EnvId``
+    form imports it in every process, the async workers included."""
+    pytest.importorskip("popgym")
+    env_id = "popgym:popgym-RepeatPreviousEasy-v0"
+    agent = rl_seq.make_agent("lstm", env_id, n_envs=2, n_steps=64, seq_len=32, n_minibatches=2,
+                              vectorization="async", eval_episodes=2, eval_every=0, seed=0)
+    out = agent.learn(env_id, steps=512)
+    assert -1.0 <= out["last"]["mean_return"] <= 1.0  # popgym's returns are normalised to [-1, 1]
+    loaded = rl_seq.load_agent(agent.save(tmp_path / "m"))
+    assert loaded.evaluate(env_id, episodes=2, seed=3).returns == agent.evaluate(env_id, episodes=2, seed=3).returns

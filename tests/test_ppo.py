@@ -36,7 +36,8 @@ gym.register("test/Countdown-v0", entry_point=Countdown)
 
 
 def test_next_step_autoreset_is_masked_and_resets_state():
-    agent = rl_seq.make_agent("lstm", "test/Countdown-v0", n_envs=1, n_steps=8, seq_len=8, n_minibatches=1)
+    agent = rl_seq.make_agent("lstm", "test/Countdown-v0", n_envs=1, n_steps=8, seq_len=8, n_minibatches=1,
+                              max_timestep=8)
     venv = agent.make_train_env("test/Countdown-v0")
     ro = agent.collect(venv, agent.start_carry(venv, 0), T=8, L=8)
     assert ro.valid[:, 0].tolist() == [True, True, True, False, True, True, True, False]
@@ -47,6 +48,26 @@ def test_next_step_autoreset_is_masked_and_resets_state():
     assert ro.rew[:, 0].tolist() == [1, 1, 1, 0, 1, 1, 1, 0]
     assert ro.prev_rew[:, 0].tolist() == [0, 1, 1, 1, 0, 1, 1, 1]  # zero at episode starts
     assert [f[:2] for f in ro.finished] == [(3.0, 3), (3.0, 3)]
+    assert ro.timestep[:, 0].tolist() == [0, 1, 2, 0, 0, 1, 2, 0]  # step within the episode (dummies masked)
+
+
+@pytest.mark.parametrize("algo", ["lstm", "relit"])
+def test_training_forward_reproduces_the_rollouts_log_probs(algo):
+    """The parallel forward over a stored rollout (resets, timesteps, previous action and
+    reward) gives the log-probs and values the step-by-step rollout computed."""
+    agent = rl_seq.make_agent(algo, "test/Countdown-v0", n_envs=2, n_steps=16, seq_len=16, n_minibatches=1,
+                              max_timestep=8)
+    venv = agent.make_train_env("test/Countdown-v0")
+    c = agent.start_carry(venv, 0)
+    agent.collect(venv, c, T=5, L=5)  # start mid-episode: the stored state carries over
+    ro = agent.collect(venv, c, T=16, L=16)
+    f = {k: getattr(ro, k).transpose(0, 1) for k in ("obs", "prev_act", "prev_rew", "timestep")}
+    with torch.no_grad():
+        h, _ = agent.model.eval().backbone(f, ro.stored[0], ro.start.transpose(0, 1))
+        _, logp, _, value = agent.model.heads(h, ro.act.transpose(0, 1))
+    valid = ro.valid.transpose(0, 1)
+    assert torch.allclose(logp[valid], ro.logp.transpose(0, 1)[valid], atol=1e-5)
+    assert torch.allclose(value[valid], ro.val.transpose(0, 1)[valid], atol=1e-5)
 
 
 def test_gae_bootstraps_truncation_not_termination():

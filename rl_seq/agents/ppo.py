@@ -41,6 +41,10 @@ class PPOConfig(TrainConfig):
     """Keyword arguments for ``gym.make`` (e.g. ``{corridor_length: 50}``)."""
     layout: str = "obs+prev_act+prev_rew"
     """Token layout: one token per step."""
+    max_timestep: int = 0
+    """Add an embedding of the step within the episode (absolute position, clamped here) to
+    each token, as the Decision Transformer does; 0 = off. Position-free memories (relit,
+    mlstm) need it for tasks that recall a fixed number of steps back."""
     n_envs: int = 8
     """Parallel environments."""
     vectorization: str = "sync"
@@ -103,7 +107,8 @@ class PPOModel(nn.Module):
     def __init__(self, obs_space: gym.Space, act_space: gym.Space, cfg: PPOConfig) -> None:
         super().__init__()
         D = cfg.backbone.d_model
-        self.backbone = Backbone(TrajectoryTokenizer(obs_space, act_space, D, cfg.layout, None), cfg.backbone)
+        tok = TrajectoryTokenizer(obs_space, act_space, D, cfg.layout, cfg.max_timestep or None)
+        self.backbone = Backbone(tok, cfg.backbone)
         self.discrete = isinstance(act_space, gym.spaces.Discrete)
         self.actor = (CategoricalHead(D, int(act_space.n)) if self.discrete
                       else GaussianHead(D, int(np.prod(act_space.shape)), cfg.log_std_init))
@@ -137,6 +142,7 @@ class PPOState:
     backbone: tuple
     prev_act: Tensor
     prev_rew: Tensor
+    t: Tensor  # [n] step within the episode
     feed: object = None
 
 
@@ -162,6 +168,7 @@ class Rollout:
     obs: Tensor
     prev_act: Tensor
     prev_rew: Tensor
+    timestep: Tensor
     start: Tensor
     valid: Tensor
     act: Tensor
@@ -179,7 +186,8 @@ class Rollout:
     def empty(cls, T: int, N: int, obs_shape, act_like: Tensor, device) -> Rollout:
         z = lambda *shape, dtype=torch.float32: torch.zeros(*shape, dtype=dtype, device=device)  # noqa: E731
         act = z(T, *act_like.shape, dtype=act_like.dtype)
-        return cls(obs=z(T, N, *obs_shape), prev_act=act.clone(), prev_rew=z(T, N), start=z(T, N, dtype=torch.bool),
+        return cls(obs=z(T, N, *obs_shape), prev_act=act.clone(), prev_rew=z(T, N),
+                   timestep=z(T, N, dtype=torch.long), start=z(T, N, dtype=torch.bool),
                    valid=z(T, N, dtype=torch.bool), act=act, logp=z(T, N), val=z(T, N), rew=z(T, N), term=z(T, N),
                    trunc=z(T, N))
 
@@ -221,15 +229,16 @@ class PPOAgent(Agent):
         return PPOModel(self.observation_space, self.action_space, self.config)
 
     # -- acting (shared by rollouts, evaluate and SB3 loops) -------------------------------
-    def _fields(self, obs: Tensor, prev_act: Tensor, prev_rew: Tensor) -> dict:
-        return dict(obs=obs, prev_act=prev_act, prev_rew=prev_rew)
+    def _fields(self, obs: Tensor, prev_act: Tensor, prev_rew: Tensor, timestep: Tensor) -> dict:
+        return dict(obs=obs, prev_act=prev_act, prev_rew=prev_rew, timestep=timestep)
 
     def _act(self, obs, state: PPOState | None, episode_start, rewards, deterministic):
         n, dev = obs.shape[0], self.device
         start = torch.as_tensor(episode_start, device=dev)
         if state is None:
             state = PPOState(self.model.backbone.init_state(n, dev), self._zero_actions(n),
-                             torch.zeros(n, device=dev), getattr(self, "reward_feed", None))
+                             torch.zeros(n, device=dev), torch.zeros(n, dtype=torch.long, device=dev),
+                             getattr(self, "reward_feed", None))
             start = torch.ones(n, dtype=torch.bool, device=dev)
         if rewards is None and state.feed is not None:
             rewards = state.feed.pop()
@@ -242,7 +251,9 @@ class PPOAgent(Agent):
         prev_act = torch.where(keep.view(-1, *[1] * (state.prev_act.dim() - 1)), state.prev_act,
                                torch.zeros_like(state.prev_act))
         prev_rew = state.prev_rew * keep
-        tok = self.model.backbone.tokenizer.embed_slots(self._fields(obs, prev_act, prev_rew), [0])
+        t = state.t * keep
+        state.t = t + 1
+        tok = self.model.backbone.tokenizer.embed_slots(self._fields(obs, prev_act, prev_rew, t), [0])
         h, state.backbone = self.model.backbone.step_tokens(tok, state.backbone, start)
         dist = self.model.actor(h[:, 0])
         if deterministic:
@@ -282,13 +293,14 @@ class PPOAgent(Agent):
                      start=torch.ones(N, dtype=torch.bool, device=self.device), dummy=np.zeros(N, bool),
                      ep_ret=np.zeros(N), ep_len=np.zeros(N, int), ret_acc=np.zeros(N))
 
-    def _token(self, c: Carry) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _token(self, c: Carry) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """The step's token from the carry; previous action/reward are zero at episode starts."""
         keep = ~c.start
         pa = torch.where(keep.view(-1, *[1] * (c.prev_act.dim() - 1)), c.prev_act, torch.zeros_like(c.prev_act))
         pr = c.prev_rew * keep
         o = self._obs_tensor(c.obs)
-        return self.model.backbone.tokenizer.embed_slots(self._fields(o, pa, pr), [0]), o, pa, pr
+        t = torch.as_tensor(c.ep_len, device=self.device)  # steps already taken in this episode
+        return self.model.backbone.tokenizer.embed_slots(self._fields(o, pa, pr, t), [0]), o, pa, pr, t
 
     @torch.no_grad()
     def collect(self, venv: gym.vector.VectorEnv, c: Carry, T: int, L: int,
@@ -303,8 +315,8 @@ class PPOAgent(Agent):
         for t in range(T):
             if t % L == 0:
                 ro.stored.append(c.state)
-            tok, o, pa, pr = self._token(c)
-            ro.obs[t], ro.prev_act[t], ro.prev_rew[t], ro.start[t] = o, pa, pr, c.start
+            tok, o, pa, pr, ts = self._token(c)
+            ro.obs[t], ro.prev_act[t], ro.prev_rew[t], ro.timestep[t], ro.start[t] = o, pa, pr, ts, c.start
             ro.valid[t] = torch.as_tensor(~c.dummy, device=self.device)
             h, c.state = model.backbone.step_tokens(tok, c.state, c.start)
             action, logp, _, value = model.heads(h[:, 0])
@@ -377,6 +389,7 @@ class PPOAgent(Agent):
                     return x.view(T // L, L, N, *x.shape[2:]).transpose(1, 2).reshape(T // L * N, L, *x.shape[2:])
 
                 b_obs, b_pa, b_pr, b_start = seqs(ro.obs), seqs(ro.prev_act), seqs(ro.prev_rew), seqs(ro.start)
+                b_ts = seqs(ro.timestep)
                 b_act, b_logp, b_val = seqs(ro.act), seqs(ro.logp), seqs(ro.val)
                 b_adv, b_ret, b_valid = seqs(adv), seqs(ret), seqs(ro.valid)
                 stored = ro.stored
@@ -386,7 +399,8 @@ class PPOAgent(Agent):
                         for k in range(T // L):
                             stored.append(s)
                             rows = slice(k * N, (k + 1) * N)
-                            _, s = model.backbone(self._fields(b_obs[rows], b_pa[rows], b_pr[rows]), s, b_start[rows])
+                            _, s = model.backbone(self._fields(b_obs[rows], b_pa[rows], b_pr[rows], b_ts[rows]), s,
+                                                  b_start[rows])
                 b_state = tree_stack(stored)
                 # ---- update: minibatches of whole sequences through the parallel forward ----
                 model.train()
@@ -397,7 +411,7 @@ class PPOAgent(Agent):
                     perm = torch.randperm(S, device=dev)
                     for k in range(cfg.n_minibatches):
                         idx = perm[k * mb:(k + 1) * mb]
-                        h, _ = model.backbone(self._fields(b_obs[idx], b_pa[idx], b_pr[idx]),
+                        h, _ = model.backbone(self._fields(b_obs[idx], b_pa[idx], b_pr[idx], b_ts[idx]),
                                               tree_index(b_state, idx), b_start[idx])
                         _, logp, ent, value = model.heads(h, b_act[idx])
                         m = b_valid[idx].float()

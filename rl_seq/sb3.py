@@ -25,11 +25,18 @@ from torch import Tensor, nn
 
 from rl_seq.nets import Backbone, BackboneConfig
 
-# named memories: the PPO presets' backbones
+
+def _preset_memory(name: str) -> dict:
+    from rl_seq.agents import PRESETS
+
+    return {k: v for k, v in PRESETS[name][1]["backbone"].items() if k in ("mixer", "block", "mixer_options")}
+
+
+# named memories: the PPO presets' mixers and blocks (sizes come from the policy's arguments)
 MEMORIES = {
-    "relit": dict(mixer="agalite", block="gtrxl", mixer_options=dict(eta=4, r=4)),
-    "galite": dict(mixer="linear", block="gtrxl", mixer_options=dict(eta=4)),
-    "gtrxl": dict(mixer="xl_attention", block="gtrxl", mixer_options=dict(memory=64)),
+    "relit": _preset_memory("relit"),
+    "galite": {**_preset_memory("relit"), "mixer": "linear", "mixer_options": dict(eta=4, gate_bias=-3.0)},
+    "gtrxl": _preset_memory("gtrxl"),
     "s4d": dict(mixer="s4d"),
     "mlstm": dict(mixer="mlstm"),
     "lstm": dict(mixer="lstm", mlp_ratio=4),

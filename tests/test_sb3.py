@@ -67,18 +67,18 @@ def test_recurrent_ppo_relit_learns_short_tmaze():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue #7 target not reached yet: 0.5 after 150k steps (and <= 0.47 after 200k with "
-                          "ent_coef=0.01, d_model 64, 2 layers), while rl_seq's own PPO solves corridor 50",
-                   strict=False)
 def test_recurrent_ppo_relit_learns_tmaze_corridor_20():
-    """The issue's target with SB3's own loop (several minutes on 2 cores)."""
+    """The issue's target with SB3's own loop (about 5 minutes on 2 cores). Measured: solved
+    between 50k and 120k steps depending on the run; with gate_bias=0 (the paper's init) it was
+    still at chance after 100k."""
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
 
     venv = make_vec_env("rl_seq/TMaze-v0", n_envs=8, seed=0, env_kwargs=dict(corridor_length=20))
-    model = RecurrentPPO(RlSeqRecurrentPolicy, venv, n_steps=64, batch_size=256, n_epochs=4, seed=0,
-                         learning_rate=1e-3, policy_kwargs=dict(backbone="relit", d_model=32, n_layers=1))
+    model = RecurrentPPO(RlSeqRecurrentPolicy, venv, n_steps=128, batch_size=256, n_epochs=4, seed=0,
+                         learning_rate=3e-4, ent_coef=0.01,
+                         policy_kwargs=dict(backbone="relit", d_model=64, n_layers=2))
     model.learn(150_000)
     mean, _ = evaluate_policy(model, venv, n_eval_episodes=100)
     assert mean >= 0.95

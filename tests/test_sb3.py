@@ -67,6 +67,7 @@ def test_recurrent_ppo_relit_learns_short_tmaze():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_recurrent_ppo_relit_learns_tmaze_corridor_20():
     """The issue's target with SB3's own loop (about 5 minutes on 2 cores). Measured: solved
     between 50k and 120k steps depending on the run; with gate_bias=0 (the paper's init) it was

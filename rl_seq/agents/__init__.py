@@ -11,6 +11,7 @@ from rl_seq.agents.decision import DecisionAgent, DecisionConfig
 from rl_seq.agents.ppo import PPOAgent, PPOConfig
 from rl_seq.agents.q_transformer import QTAgent, QTConfig
 from rl_seq.config import load_config, merge
+from rl_seq.kernels import mixer_options
 
 # name -> (agent class, preset over the config defaults, one-line description)
 PRESETS: dict[str, tuple[type[Agent], dict, str]] = {
@@ -45,10 +46,12 @@ def config_for(name: str, path=None, overrides: list[str] | None = None, **field
         raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(PRESETS)}")
     cls, preset, _ = PRESETS[name]
     cfg = load_config(cls.config_class, path, overrides, base=merge(preset, fields))
-    # a swapped mixer does not inherit the preset mixer's options (e.g. relit --backbone linear)
+    # a swapped mixer keeps only the preset mixer's options it accepts (relit --backbone linear
+    # keeps eta and gate_bias, drops r)
     pb = preset.get("backbone", {})
     if cfg.backbone.mixer != pb.get("mixer") and cfg.backbone.mixer_options == pb.get("mixer_options", {}):
-        cfg.backbone.mixer_options = {}
+        accepted = mixer_options(cfg.backbone.mixer)
+        cfg.backbone.mixer_options = {k: v for k, v in cfg.backbone.mixer_options.items() if k in accepted}
     return cfg
 
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import torch
@@ -68,6 +69,12 @@ def resolve_backend(backend: str, mixer: str) -> str:
     return backend
 
 
+def mixer_options(name: str) -> set[str]:
+    """The keyword options mixer ``name`` accepts (``eta``, ``window``, ...)."""
+    params = inspect.signature(_REGISTRY[name].__init__).parameters
+    return {k for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k != "backend"}
+
+
 def make_mixer(name: str, d_model: int, n_heads: int = 1, *, backend: str = "torch",
                **options) -> Mixer:
     """Build the mixer ``name`` (one of ``MIXERS``). ``options`` are the mixer's own
@@ -82,5 +89,5 @@ def make_mixer(name: str, d_model: int, n_heads: int = 1, *, backend: str = "tor
         raise TypeError(f"bad option for mixer {name!r}: {e}") from None
 
 
-__all__ = ["MIXERS", "BACKENDS", "Mixer", "State", "make_mixer", "resolve_backend",
+__all__ = ["MIXERS", "BACKENDS", "Mixer", "State", "make_mixer", "mixer_options", "resolve_backend",
            "decay_scan"]

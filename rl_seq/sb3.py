@@ -35,7 +35,7 @@ def _preset_memory(name: str) -> dict:
 # named memories: the PPO presets' mixers and blocks (sizes come from the policy's arguments)
 MEMORIES = {
     "relit": _preset_memory("relit"),
-    "galite": {**_preset_memory("relit"), "mixer": "linear", "mixer_options": dict(eta=4, gate_bias=-3.0)},
+    "galite": {**_preset_memory("relit"), "mixer": "linear", "mixer_options": dict(eta=4, gate_bias=-1.0)},
     "gtrxl": _preset_memory("gtrxl"),
     "s4d": dict(mixer="s4d"),
     "mlstm": dict(mixer="mlstm"),

@@ -43,8 +43,8 @@ class PPOConfig(TrainConfig):
     """Token layout: one token per step."""
     max_timestep: int = 0
     """Add an embedding of the step within the episode (absolute position, clamped here) to
-    each token, as the Decision Transformer does; 0 = off. Position-free memories (relit,
-    mlstm) need it for tasks that recall a fixed number of steps back."""
+    each token, as the Decision Transformer does; 0 = off. It gives position-free memories
+    (relit, mlstm) the absolute step; it did not make relit learn RepeatPrevious (docs/results.md)."""
     n_envs: int = 8
     """Parallel environments."""
     vectorization: str = "sync"

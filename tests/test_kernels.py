@@ -154,3 +154,26 @@ def test_fast_equals_reference_without_resets(name):
     state = warm_state(fast)
     (yf, sf), (yr, sr) = fast(x, state), ref(x, state)
     assert max_diff(yf, yr) < TOL and max_diff(sf, sr) < TOL
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_fast_equals_reference_with_resets_at_chunk_edges(name):
+    """Chunked fast paths (chunks of 16) carry state from chunk to chunk; resets on the last
+    and first token of a chunk, and a chunk that starts a new episode, must not leak."""
+    fast, ref = build(name), build(name, backend="reference")
+    ref.load_state_dict(fast.state_dict())
+    x, _ = example(T=40)
+    resets = torch.zeros(3, 40, dtype=torch.bool)
+    resets[0, [15, 16, 32]] = True
+    resets[1, 31] = True
+    resets[2] = torch.rand(40, generator=torch.Generator().manual_seed(2)) < 0.2
+    state = warm_state(fast)
+    (yf, sf), (yr, sr) = fast(x, state, resets), ref(x, state, resets)
+    assert max_diff(yf, yr) < TOL and max_diff(sf, sr) < TOL
+
+
+@pytest.mark.parametrize("name", ["linear", "agalite"])
+def test_chunk_longer_than_the_decay_floor_allows_is_refused(name):
+    m = make_mixer(name, D, H, chunk=17)
+    with pytest.raises(ValueError, match="chunk must be in"):
+        m(torch.randn(1, 20, D))

@@ -18,7 +18,7 @@ import logging
 import torch
 
 from rl_seq.kernels.attention import Attention
-from rl_seq.kernels.base import Mixer, State, decay_scan
+from rl_seq.kernels.base import Mixer, State
 from rl_seq.kernels.conv import CausalConv
 from rl_seq.kernels.linear import AGaLiTe, GaLiTe
 from rl_seq.kernels.lstm import LSTM
@@ -89,5 +89,4 @@ def make_mixer(name: str, d_model: int, n_heads: int = 1, *, backend: str = "tor
         raise TypeError(f"bad option for mixer {name!r}: {e}") from None
 
 
-__all__ = ["MIXERS", "BACKENDS", "Mixer", "State", "make_mixer", "mixer_options", "resolve_backend",
-           "decay_scan"]
+__all__ = ["MIXERS", "BACKENDS", "Mixer", "State", "make_mixer", "mixer_options", "resolve_backend"]

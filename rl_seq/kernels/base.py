@@ -127,42 +127,51 @@ LOG_DECAY_FLOOR = -5.0  # per-step log-decay floor of the gated recurrences
 MAX_CHUNK = 16  # chunk · |floor| <= 80 keeps exp(±L) inside fp32
 
 
-def decay_scan(log_a: Tensor | list[Tensor], x: Tensor | list[Tensor], h0: Tensor | list[Tensor],
-               resets: Tensor, chunk: int = MAX_CHUNK):
-    """All states of the elementwise recurrence ``h_t = exp(log_a_t) * h_{t-1} + x_t``.
+class Chunks:
+    """A [B, T] reset mask cut into n chunks of length c (T padded at the end to n·c), with
+    the per-chunk masks the chunked parallel forms need:
 
-    x: [B, T, ...]; log_a: the same or broadcastable to it (>= LOG_DECAY_FLOOR; a decay
-    shared by several channels is exponentiated once); h0: [B, ...]; resets [B, T]: h is
-    zeroed before a reset. Chunked: inside a chunk ``h_t = e^{L_t} (Σ_{s<=t, same episode}
-    e^{-L_s} x_s + [alive_t] h_in)`` with L the in-chunk cumulative log-decay - one small
-    matmul per chunk, no loop over time steps. Lists of (log_a, x, h0) run together (one
-    reset mask and one matmul per chunk). Returns h: [B, T, ...] (a list for lists).
-    """
-    if chunk > MAX_CHUNK:
-        raise ValueError(f"chunk must be <= {MAX_CHUNK} for the decay floor to stay finite")
-    single = isinstance(x, Tensor)
-    log_as, xs_all, hs = ([log_a], [x], [h0]) if single else (list(log_a), list(x), list(h0))
-    B, T = xs_all[0].shape[:2]
-    keep = (~resets).to(xs_all[0].dtype)
-    log_as = [la * keep.view(B, T, *([1] * (la.dim() - 2))) for la in log_as]  # a reset's decay never matters
-    outs: list[list[Tensor]] = [[] for _ in xs_all]
-    for c0 in range(0, T, chunk):
-        sl = slice(c0, min(c0 + chunk, T))
-        M = same_segment(resets[:, sl]).to(keep.dtype)  # [B, c, c]
-        a = alive(resets[:, sl]).to(keep.dtype)
-        Ls = [la[:, sl].cumsum(1) for la in log_as]
-        scaled = [torch.exp(-L) * xx[:, sl] for L, xx in zip(Ls, xs_all)]
-        inner = torch.einsum("bts,bsn->btn", M, torch.cat([z.flatten(2) for z in scaled], -1))
-        i = 0
-        for g, (L, z) in enumerate(zip(Ls, scaled)):
-            n = z[0, 0].numel()
-            part = inner[..., i:i + n].view_as(z)
-            i += n
-            hh = torch.exp(L) * (part + a.view(*z.shape[:2], *([1] * (z.dim() - 2))) * hs[g].unsqueeze(1))
-            outs[g].append(hh)
-            hs[g] = hh[:, -1]
-    res = [torch.cat(o, 1) for o in outs]
-    return res[0] if single else res
+    - ``seg`` [B, n, c, c]: token t may see token s of its chunk (``same_segment``);
+    - ``alive`` [B, n, c]: token t still sees the state entering its chunk;
+    - ``keep`` [B, T_pad]: 0 on resets (a reset's own decay never matters), 1 elsewhere.
+
+    ``split(x)`` pads a [B, T, ...] tensor with zeros and views it as [B, n, c, ...]; padding
+    decays by 1 and adds 0, so the state after the last padded token is the state at T-1.
+    ``merge(y)`` undoes it. Slicing chunks out one by one instead would make autograd fill
+    a full-size zero gradient per slice."""
+
+    def __init__(self, resets: Tensor, chunk: int, dtype: torch.dtype) -> None:
+        if not 1 <= chunk <= MAX_CHUNK:
+            raise ValueError(f"chunk must be in [1, {MAX_CHUNK}] for the decay floor to keep e^(±L) finite, "
+                             f"got {chunk}")
+        B, T = resets.shape
+        self.T, self.c = T, chunk
+        self.n = -(-T // chunk)
+        r = self.split(resets).reshape(B * self.n, chunk)
+        self.seg = same_segment(r).to(dtype).view(B, self.n, chunk, chunk)
+        self.alive = alive(r).to(dtype).view(B, self.n, chunk)
+        self.keep = (~r).to(dtype).view(B, self.n, chunk)
+
+    def split(self, x: Tensor) -> Tensor:
+        pad = self.n * self.c - x.shape[1]
+        if pad:
+            x = torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], 1)
+        return x.view(x.shape[0], self.n, self.c, *x.shape[2:])
+
+    def merge(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], self.n * self.c, *x.shape[3:])[:, :self.T]
+
+    def carry(self, decay_end: Tensor, local_end: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+        """The state entering each chunk, [B, n, ...], and the final state, [B, ...], from
+        each chunk's end decay ``e^{L_end}`` and the state it builds from zero
+        (``local_end``), both [B, n, ...], and the incoming state h0 [B, ...]. The only loop
+        over chunks (n small steps on [B, ...] states)."""
+        a = self.alive[:, :, -1].view(*self.alive.shape[:2], *([1] * (local_end.dim() - 2)))
+        h, ins = h0, []
+        for d, e, al in zip(decay_end.unbind(1), local_end.unbind(1), a.unbind(1)):
+            ins.append(h)
+            h = d * al * h + e
+        return torch.stack(ins, 1), h
 
 
 def trim_invalid(valid: Tensor) -> int:

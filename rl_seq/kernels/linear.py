@@ -29,12 +29,11 @@ from torch import Tensor, nn
 
 from rl_seq.kernels.base import (
     LOG_DECAY_FLOOR,
+    Chunks,
     Mixer,
     State,
     alive,
-    decay_scan,
     positions_in_segment,
-    same_segment,
 )
 
 
@@ -116,49 +115,41 @@ class GaLiTe(_GatedLinearBase):
 
     def forward_fast(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
         """Chunked parallel form (as gated linear attention): inside a chunk the decays are
-        factored into the queries, keys and values (``q·e^{L_t}``, ``k·e^{-L_s}``), so every
-        product is a small matmul; chunks pass C along."""
+        factored into the queries, keys and values (``qt = phi(q) e^{L_k}``,
+        ``kt = g phi(k) e^{-L_k}``, ``vt = b v e^{-L_v}``), so every product is a small
+        batched matmul over all chunks at once; chunk-end states (C and s) are carried from
+        chunk to chunk."""
         phi_q, phi_k, gk, v, b = self._features(x)
-        C, s0 = state
-        B, T, H, Dh = v.shape
-        keep = (~resets).to(x.dtype)[:, :, None, None]
-        la_k = torch.log1p(-gk)  # >= LOG_DECAY_FLOOR by the gate cap
-        la_v = torch.log1p(-b)
-        s_all = decay_scan(la_k, gk * phi_k, s0, resets, self.chunk)
-        la_k, la_v = la_k * keep, la_v * keep
-        bv, gphi = b * v, gk * phi_k
-        outs = []
-        for c0 in range(0, T, self.chunk):
-            sl = slice(c0, min(c0 + self.chunk, T))
-            r = resets[:, sl]
-            Lk, Lv = la_k[:, sl].cumsum(1), la_v[:, sl].cumsum(1)  # [B,c,H,*]
-            qt = phi_q[:, sl] * Lk.exp()
-            kt = gphi[:, sl] * (-Lk).exp()
-            vt = bv[:, sl] * (-Lv).exp()
-            A = torch.einsum("bthj,bshj->bhts", qt, kt) * same_segment(r)[:, None].to(x.dtype)
-            o = torch.einsum("bhts,bshi->bthi", A, vt)
-            o = o + alive(r).to(x.dtype)[:, :, None, None] * torch.einsum("bhij,bthj->bthi", C, qt)
-            outs.append(Lv.exp() * o)
-            # chunk-end state: the pieces of the final token's episode, decayed to the end
-            end = same_segment(r)[:, -1].to(x.dtype)[:, :, None, None]  # [B,c,1,1]
-            ev, ek = Lv[:, -1].exp(), Lk[:, -1].exp()  # [B,H,*]
-            C = (alive(r)[:, -1].to(x.dtype)[:, None, None, None] * ev[..., :, None] * ek[..., None, :] * C
-                 + torch.einsum("bshi,bshj->bhij", vt * end * ev[:, None], kt * ek[:, None]))
-        o = torch.cat(outs, 1) / ((s_all * phi_q).sum(-1, keepdim=True) + self.eps)
-        return self._out(o), (C, s_all[:, -1])
+        C0, s0 = state
+        ch = Chunks(resets, self.chunk, x.dtype)
+        Lk = (ch.split(torch.log1p(-gk)) * ch.keep[..., None, None]).cumsum(2)  # [B,n,c,H,dk]
+        Lv = (ch.split(torch.log1p(-b)) * ch.keep[..., None, None]).cumsum(2)  # [B,n,c,H,Dh]
+        qt, kt, vt = ch.split(phi_q) * Lk.exp(), ch.split(gk * phi_k) * (-Lk).exp(), ch.split(b * v) * (-Lv).exp()
+        # chunk-end states built from zero: the final token's episode, decayed to the end
+        end = ch.seg[:, :, -1, :, None, None]  # [B,n,c,1,1]
+        ek, ev = Lk[:, :, -1].exp(), Lv[:, :, -1].exp()  # [B,n,H,*]
+        s_in, s_last = ch.carry(ek, ek * (kt * end).sum(2), s0)  # [B,n,H,dk]
+        decay_C = ev[..., :, None] * ek[..., None, :]  # [B,n,H,Dh,dk]
+        C_in, C_last = ch.carry(decay_C, decay_C * torch.einsum("bnshi,bnshj->bnhij", vt * end, kt), C0)
+        alive = ch.alive[..., None, None]
+        A = torch.einsum("bnthj,bnshj->bnhts", qt, kt) * ch.seg[:, :, None]
+        o = Lv.exp() * (torch.einsum("bnhts,bnshi->bnthi", A, vt)
+                        + alive * torch.einsum("bnhij,bnthj->bnthi", C_in, qt))
+        sq = A.sum(-1).transpose(2, 3)[..., None] + alive * (qt * s_in[:, :, None]).sum(-1, keepdim=True)
+        return self._out(ch.merge(o / (sq + self.eps))), (C_last, s_last)
 
 
 class AGaLiTe(_GatedLinearBase):
-    """AGaLiTe. Args: d_model, n_heads, eta, r (oscillating components), gate_bias (as
-    GaLiTe's), backend.
+    """AGaLiTe. Args: d_model, n_heads, eta, r (oscillating components), chunk (chunk length
+    of the parallel form), gate_bias (as GaLiTe's), backend.
     State: ``(ṽ [B,r,H,Dh], k̃ [B,r,H,dk], s [B,H,dk], tick [B])``."""
 
     name = "agalite"
 
-    def __init__(self, d_model: int, n_heads: int = 4, *, eta: int = 4, r: int = 4,
+    def __init__(self, d_model: int, n_heads: int = 4, *, eta: int = 4, r: int = 4, chunk: int = 16,
                  gate_bias: float = 0.0, backend: str = "torch") -> None:
         super().__init__(d_model, n_heads, eta, gate_bias, backend)
-        self.r = r
+        self.r, self.chunk = r, chunk
         # r distinct frequencies in (0, π]: cos is even, so ±ω would duplicate components
         self.register_buffer("omegas", math.pi * torch.arange(1, r + 1) / r, persistent=False)
 
@@ -199,15 +190,40 @@ class AGaLiTe(_GatedLinearBase):
         return y[:, 0], state
 
     def forward_fast(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
-        """All components are elementwise recurrences: one chunked decay scan of ṽ, k̃
-        and s together, the decay of ṽ and k̃ shared by their r components."""
+        """Chunked parallel form (as gated linear attention); neither ṽ nor k̃ is
+        materialised per token. With L the in-chunk cumulative log-decays of the key and
+        value gates, ``qt = phi(q) e^{L_k}``, ``kt = g phi(k) e^{-L_k}``, ``vt = b v e^{-L_v}``:
+
+            k̃_j(t)·phi(q_t) = Σ_s (qt_t·kt_s) cos(ω_j τ_s) + qt_t·k̃_j(in)        =: kq_j(t)
+            Σ_j ṽ_j(t) kq_j(t) = e^{L_v,t} (Σ_s (Σ_j kq_j(t) cos(ω_j τ_s)) vt_s + Σ_j kq_j(t) ṽ_j(in))
+
+        over the tokens s <= t of t's chunk and episode; s is the extra component with
+        cos = 1. Chunk-end states are carried from chunk to chunk."""
         phi_q, phi_k, gk, v, b = self._features(x)
         vt0, kt0, s0, tick0 = state
+        B, T = x.shape[:2]
         ticks = self._ticks(resets, tick0)
-        cos = torch.cos(ticks[..., None] * self.omegas)[..., None, None]  # [B,T,r,1,1]
-        la_v, la_k = torch.log1p(-b), torch.log1p(-gk)  # shared by the r components
-        gphi = gk * phi_k
-        vt, kt, s = decay_scan([la_v[:, :, None], la_k[:, :, None], la_k],
-                               [cos * (b * v)[:, :, None], cos * gphi[:, :, None], gphi], [vt0, kt0, s0], resets)
-        o = self._read(vt, kt, s, phi_q)
-        return self._out(o), (vt[:, -1], kt[:, -1], s[:, -1], ticks[:, -1])
+        cos = torch.cos(ticks[..., None] * self.omegas)  # [B,T,r]
+        ch = Chunks(resets, self.chunk, x.dtype)
+        w = ch.split(torch.cat([cos, cos.new_ones(B, T, 1)], -1))  # [B,n,c,r+1]
+        end = w * ch.seg[:, :, -1, :, None]  # weights of the final token's episode in each chunk
+        # keys: kq [B,n,c,H,r+1]
+        Lk = (ch.split(torch.log1p(-gk)) * ch.keep[..., None, None]).cumsum(2)  # [B,n,c,H,dk]
+        qt, kt = ch.split(phi_q) * Lk.exp(), ch.split(gk * phi_k) * (-Lk).exp()
+        dk_end = Lk[:, :, -1, None].exp()  # [B,n,1,H,dk]
+        k_in, k_last = ch.carry(dk_end, dk_end * torch.einsum("bnsr,bnshj->bnrhj", end, kt),
+                                torch.cat([kt0, s0[:, None]], 1))  # [B,n,r+1,H,dk]
+        A = torch.einsum("bnthj,bnshj->bnhts", qt, kt) * ch.seg[:, :, None]
+        kq = (torch.einsum("bnhts,bnsr->bnthr", A, w)
+              + ch.alive[..., None, None] * torch.einsum("bnthj,bnrhj->bnthr", qt, k_in))
+        # values: num [B,n,c,H,Dh]
+        Lv = (ch.split(torch.log1p(-b)) * ch.keep[..., None, None]).cumsum(2)  # [B,n,c,H,Dh]
+        vt = ch.split(b * v) * (-Lv).exp()
+        dv_end = Lv[:, :, -1, None].exp()
+        v_in, v_last = ch.carry(dv_end, dv_end * torch.einsum("bnsr,bnshi->bnrhi", end[..., :-1], vt), vt0)
+        kq_r = kq[..., :-1]
+        M = torch.einsum("bnthr,bnsr->bnhts", kq_r, w[..., :-1]) * ch.seg[:, :, None]
+        num = Lv.exp() * (torch.einsum("bnhts,bnshi->bnthi", M, vt)
+                          + ch.alive[..., None, None] * torch.einsum("bnthr,bnrhi->bnthi", kq_r, v_in))
+        o = ch.merge(num / ((self.r / 2) * kq[..., -1:] + self.eps))
+        return self._out(o), (v_last, k_last[:, :-1], k_last[:, -1], ticks[:, -1])

@@ -232,6 +232,15 @@ class PPOAgent(Agent):
     def _fields(self, obs: Tensor, prev_act: Tensor, prev_rew: Tensor, timestep: Tensor) -> dict:
         return dict(obs=obs, prev_act=prev_act, prev_rew=prev_rew, timestep=timestep)
 
+    def _step_token(self, obs: Tensor, prev_act: Tensor, prev_rew: Tensor, t: Tensor, start: Tensor):
+        """One step's token [N, 1, D] for acting and rollouts alike: the previous action,
+        reward and the episode step are zero at episode starts (``start`` bool [N]).
+        Returns the token and the masked (prev_act, prev_rew, t)."""
+        keep = ~start
+        pa = torch.where(keep.view(-1, *[1] * (prev_act.dim() - 1)), prev_act, torch.zeros_like(prev_act))
+        pr, t = prev_rew * keep, t * keep
+        return self.model.backbone.tokenizer.embed_slots(self._fields(obs, pa, pr, t), [0]), pa, pr, t
+
     def _act(self, obs, state: PPOState | None, episode_start, rewards, deterministic):
         n, dev = obs.shape[0], self.device
         start = torch.as_tensor(episode_start, device=dev)
@@ -247,13 +256,8 @@ class PPOAgent(Agent):
                 raise ValueError("this policy reads the previous reward: pass predict(..., rewards=r), or in "
                                  "SB3 loops wrap the env first: env = agent.wrap_env(env)")
             state.prev_rew = torch.as_tensor(rewards, dtype=torch.float32, device=dev)
-        keep = ~start
-        prev_act = torch.where(keep.view(-1, *[1] * (state.prev_act.dim() - 1)), state.prev_act,
-                               torch.zeros_like(state.prev_act))
-        prev_rew = state.prev_rew * keep
-        t = state.t * keep
+        tok, _, _, t = self._step_token(obs, state.prev_act, state.prev_rew, state.t, start)
         state.t = t + 1
-        tok = self.model.backbone.tokenizer.embed_slots(self._fields(obs, prev_act, prev_rew, t), [0])
         h, state.backbone = self.model.backbone.step_tokens(tok, state.backbone, start)
         dist = self.model.actor(h[:, 0])
         if deterministic:
@@ -294,13 +298,11 @@ class PPOAgent(Agent):
                      ep_ret=np.zeros(N), ep_len=np.zeros(N, int), ret_acc=np.zeros(N))
 
     def _token(self, c: Carry) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """The step's token from the carry; previous action/reward are zero at episode starts."""
-        keep = ~c.start
-        pa = torch.where(keep.view(-1, *[1] * (c.prev_act.dim() - 1)), c.prev_act, torch.zeros_like(c.prev_act))
-        pr = c.prev_rew * keep
+        """The step's token from the carry, with its observation and masked inputs."""
         o = self._obs_tensor(c.obs)
         t = torch.as_tensor(c.ep_len, device=self.device)  # steps already taken in this episode
-        return self.model.backbone.tokenizer.embed_slots(self._fields(o, pa, pr, t), [0]), o, pa, pr, t
+        tok, pa, pr, t = self._step_token(o, c.prev_act, c.prev_rew, t, c.start)
+        return tok, o, pa, pr, t
 
     @torch.no_grad()
     def collect(self, venv: gym.vector.VectorEnv, c: Carry, T: int, L: int,

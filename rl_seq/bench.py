@@ -286,9 +286,12 @@ def bench_ppo(out: str | Path = "bench_ppo.json", env_id: str = "CartPole-v1", s
 
 
 def bench_sb3(out: str | Path = "bench_sb3.json", env_id: str = "CartPole-v1", steps: int = 4096,
-              n_envs: int = 8, hidden: int = 64, threads: int = 1, memories=("lstm", "relit")) -> dict:
+              n_envs: int = 8, hidden: int = 64, threads: int = 1, memories=("lstm", "relit"),
+              rounds: int = 3) -> dict:
     """sb3-contrib's RecurrentPPO, its own loop and defaults, with the stock MlpLstmPolicy
-    against RlSeqRecurrentPolicy on each rl_seq memory, at equal hidden size: env steps/s."""
+    against RlSeqRecurrentPolicy on each rl_seq memory, at equal hidden size: env steps/s.
+    The policies take turns (``rounds`` rounds of ``steps`` env steps each) and the median
+    round counts, so a busy neighbour on a shared machine slows them all alike."""
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
 
@@ -300,20 +303,27 @@ def bench_sb3(out: str | Path = "bench_sb3.json", env_id: str = "CartPole-v1", s
     for mem in memories:
         variants[f"RlSeqRecurrentPolicy ({mem})"] = (RlSeqRecurrentPolicy,
                                                      dict(backbone=mem, d_model=hidden, n_layers=1))
-    res, rows, base = {}, [], None
+    models = {}
     for name, (policy, kwargs) in variants.items():
-        venv = make_vec_env(env_id, n_envs=n_envs, seed=0)
-        model = RecurrentPPO(policy, venv, policy_kwargs=kwargs, seed=0, verbose=0)
-        model.learn(n_envs * model.n_steps)  # warm-up
-        t = time.perf_counter()
-        model.learn(steps, reset_num_timesteps=False)
-        sps = steps / (time.perf_counter() - t)
+        models[name] = RecurrentPPO(policy, make_vec_env(env_id, n_envs=n_envs, seed=0), policy_kwargs=kwargs,
+                                    seed=0, verbose=0)
+        models[name].learn(n_envs * models[name].n_steps)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            t = time.perf_counter()
+            model.learn(steps, reset_num_timesteps=False)
+            times[name].append(steps / (time.perf_counter() - t))
+    res, rows, base = {}, [], None
+    for name, sps_all in times.items():
+        sps = float(np.median(sps_all))
         base = base or sps
-        res[name] = sps
-        rows.append([name, hidden, sps, sps / base])
+        res[name] = dict(env_steps_per_s=sps, rounds=sps_all)
+        rows.append([name, hidden, sps, sps / base, " ".join(f"{x:.0f}" for x in sps_all)])
     torch.set_num_threads(old)
-    _print_table(f"sb3-contrib RecurrentPPO on {env_id}, {n_envs} envs, defaults, {threads} thread(s)",
-                 ["policy", "hidden", "env steps/s", "x stock"], rows)
+    _print_table(f"sb3-contrib RecurrentPPO on {env_id}, {n_envs} envs, defaults, {threads} thread(s); "
+                 f"median of {rounds} interleaved rounds",
+                 ["policy", "hidden", "env steps/s", "x stock", "rounds"], rows)
     res.update(env=_env_info(), env_id=env_id, n_envs=n_envs, hidden=hidden, threads=threads)
     Path(out).write_text(json.dumps(res, indent=2))
     return res

@@ -72,7 +72,7 @@ class GRUGate(nn.Module):
         r = torch.sigmoid(wr + ur)
         z = torch.sigmoid(wz + uz - self.bias)
         h = torch.tanh(wg + self.ug(r * x))
-        return (1 - z) * x + z * h
+        return torch.lerp(x, h, z)  # (1-z)⊙x + z⊙h in one op
 
 
 class Block(nn.Module):

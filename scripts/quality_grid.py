@@ -5,7 +5,8 @@ write a table of normalised scores (last and best evaluation) next to the data's
         --algos dt dc ds4 lram qt --steps 10000 --warmup 1000 --seeds 0 --out runs/grid
 
 Runs that already finished (their eval.json exists) are skipped, so the grid resumes; a run
-stopped midway resumes from its checkpoint. Add --device cuda on a GPU machine.
+stopped midway resumes from its checkpoint. Add --device cuda on a GPU machine; --report
+writes the table of the finished runs without training the others.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def run_grid(a) -> list[dict]:
         for algo in a.algos:
             for seed in a.seeds:
                 out = Path(a.out) / f"{algo}-{ds.replace('/', '_')}-s{seed}"
+                if a.report and not (out / "eval.json").exists():
+                    continue
                 if not (out / "eval.json").exists():
                     cfg = Path("configs") / algo / f"{env}.yaml"
                     argv = ["train", algo, "--dataset", ds, "--steps", str(a.steps), "--seed", str(seed),
@@ -50,7 +53,7 @@ def table(rows: list[dict], data_scores: dict[str, float], budget: str) -> str:
     import numpy as np
 
     lines = [f"Budget: {budget}. Normalised score x100 (0 = random, 100 = expert), mean over seeds "
-             "(n = seeds); last = final evaluation, best = best periodic evaluation.", "",
+             "(n = seeds, ± their std); last = final evaluation, best = best periodic evaluation.", "",
              "| dataset | data | " + " | ".join(sorted({r['algo'] for r in rows})) + " |",
              "|---|---|" + "---|" * len({r['algo'] for r in rows})]
     for ds in dict.fromkeys(r["dataset"] for r in rows):
@@ -62,7 +65,8 @@ def table(rows: list[dict], data_scores: dict[str, float], budget: str) -> str:
                 continue
             last = 100 * np.mean([r["last"] for r in rs])
             best = 100 * np.mean([r["best"] for r in rs])
-            cells.append(f"{last:.1f} / {best:.1f} (n={len(rs)})")
+            spread = f" ± {100 * np.std([r['last'] for r in rs]):.1f}" if len(rs) > 1 else ""
+            cells.append(f"{last:.1f}{spread} / {best:.1f} (n={len(rs)})")
         lines.append(f"| {ds} | {100 * data_scores.get(ds, float('nan')):.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -79,6 +83,7 @@ if __name__ == "__main__":
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default="runs/grid")
     p.add_argument("--table", default="docs/results_grid.md")
+    p.add_argument("--report", action="store_true", help="only write the table of the runs already finished")
     a = p.parse_args()
     rows = run_grid(a)
     from rl_seq.data import load_episodes

@@ -133,7 +133,7 @@ class Chunks:
 
     - ``seg`` [B, n, c, c]: token t may see token s of its chunk (``same_segment``);
     - ``alive`` [B, n, c]: token t still sees the state entering its chunk;
-    - ``keep`` [B, T_pad]: 0 on resets (a reset's own decay never matters), 1 elsewhere.
+    - ``keep`` [B, n, c]: 0 on resets (a reset's own decay never matters), 1 elsewhere.
 
     ``split(x)`` pads a [B, T, ...] tensor with zeros and views it as [B, n, c, ...]; padding
     decays by 1 and adds 0, so the state after the last padded token is the state at T-1.

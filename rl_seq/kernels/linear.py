@@ -131,11 +131,11 @@ class GaLiTe(_GatedLinearBase):
         s_in, s_last = ch.carry(ek, ek * (kt * end).sum(2), s0)  # [B,n,H,dk]
         decay_C = ev[..., :, None] * ek[..., None, :]  # [B,n,H,Dh,dk]
         C_in, C_last = ch.carry(decay_C, decay_C * torch.einsum("bnshi,bnshj->bnhij", vt * end, kt), C0)
-        alive = ch.alive[..., None, None]
+        live = ch.alive[..., None, None]  # the incoming state still reaches the token
         A = torch.einsum("bnthj,bnshj->bnhts", qt, kt) * ch.seg[:, :, None]
         o = Lv.exp() * (torch.einsum("bnhts,bnshi->bnthi", A, vt)
-                        + alive * torch.einsum("bnhij,bnthj->bnthi", C_in, qt))
-        sq = A.sum(-1).transpose(2, 3)[..., None] + alive * (qt * s_in[:, :, None]).sum(-1, keepdim=True)
+                        + live * torch.einsum("bnhij,bnthj->bnthi", C_in, qt))
+        sq = A.sum(-1).transpose(2, 3)[..., None] + live * (qt * s_in[:, :, None]).sum(-1, keepdim=True)
         return self._out(ch.merge(o / (sq + self.eps))), (C_last, s_last)
 
 

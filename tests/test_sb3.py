@@ -69,18 +69,25 @@ def test_recurrent_ppo_relit_learns_short_tmaze():
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_recurrent_ppo_relit_learns_tmaze_corridor_20():
-    """The issue's target with SB3's own loop (several minutes on 2 cores). Measured with
-    this recipe: solved at 60k steps with relit's gate bias -1 (the preset), between 50k and
-    120k with -3, still at chance after 50k with 0 (the paper's initialisation)."""
+    """The issue's target with SB3's own loop (about 4 minutes on one idle core; one thread,
+    so that the run is the same on every machine). This recipe does not solve every seed:
+    seeds 0 and 1 reach 1.00 by 120k steps, seed 2 stays at chance to 270k (docs/results.md).
+    Gate bias: solved at 60k steps with relit's -1 (the preset), between 50k and 120k with
+    -3, still at chance after 50k with 0 (the paper's initialisation)."""
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    venv = make_vec_env("rl_seq/TMaze-v0", n_envs=8, seed=0, env_kwargs=dict(corridor_length=20))
-    model = RecurrentPPO(RlSeqRecurrentPolicy, venv, n_steps=128, batch_size=256, n_epochs=4, seed=0,
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    venv = make_vec_env("rl_seq/TMaze-v0", n_envs=8, seed=1, env_kwargs=dict(corridor_length=20))
+    model = RecurrentPPO(RlSeqRecurrentPolicy, venv, n_steps=128, batch_size=256, n_epochs=4, seed=1,
                          learning_rate=3e-4, ent_coef=0.01,
                          policy_kwargs=dict(backbone="relit", d_model=64, n_layers=2))
-    model.learn(150_000)
+    try:
+        model.learn(150_000)
+    finally:
+        torch.set_num_threads(threads)
     mean, _ = evaluate_policy(model, venv, n_eval_episodes=100)
     assert mean >= 0.95
 

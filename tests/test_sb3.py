@@ -69,8 +69,9 @@ def test_recurrent_ppo_relit_learns_short_tmaze():
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_recurrent_ppo_relit_learns_tmaze_corridor_20():
-    """The issue's target with SB3's own loop (about 4 minutes on one idle core; one thread,
-    so that the run is the same on every machine). This recipe does not solve every seed:
+    """The issue's target with SB3's own loop (about 4 minutes on one idle core). One thread:
+    no oversubscription beside other jobs, and the reduction order the seeds below were
+    measured with (another CPU may still round differently). This recipe does not solve every seed:
     seeds 0 and 1 reach 1.00 by 120k steps, seed 2 stays at chance to 270k (docs/results.md).
     Gate bias: solved at 60k steps with relit's -1 (the preset), between 50k and 120k with
     -3, still at chance after 50k with 0 (the paper's initialisation)."""

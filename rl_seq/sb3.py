@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rl_seq.kernels import mixer_options
 from rl_seq.nets import Backbone, BackboneConfig
 
 
@@ -35,7 +36,9 @@ def _preset_memory(name: str) -> dict:
 # named memories: the PPO presets' mixers and blocks (sizes come from the policy's arguments)
 MEMORIES = {
     "relit": _preset_memory("relit"),
-    "galite": {**_preset_memory("relit"), "mixer": "linear", "mixer_options": dict(eta=4, gate_bias=-1.0)},
+    "galite": {**_preset_memory("relit"), "mixer": "linear",  # relit's options GaLiTe accepts (no r)
+               "mixer_options": {k: v for k, v in _preset_memory("relit")["mixer_options"].items()
+                                 if k in mixer_options("linear")}},
     "gtrxl": _preset_memory("gtrxl"),
     "s4d": dict(mixer="s4d"),
     "mlstm": dict(mixer="mlstm"),

@@ -44,7 +44,10 @@ class QTConfig(TrainConfig):
     context: int = 4
     """K: timesteps of history per training window."""
     n_bins: int = 256
-    """Bins per action dimension."""
+    """Bins per action dimension. Where the data's actions pile up at the bounds (clipped
+    Gaussian policies, e.g. SB3 PPO), each end bin outweighs every interior bin and the
+    conservative regulariser makes greedy acting pick the bounds; fewer bins soften this
+    (docs/results_grid.md)."""
     batch_size: int = 64
     """Windows per gradient step."""
     lr: float = 1e-4

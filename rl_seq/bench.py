@@ -187,8 +187,10 @@ def synthetic_episodes(n_episodes: int = 20, length: int = 1000, obs_dim: int = 
                                       gym.spaces.Box(-1, 1, (act_dim,), np.float32), dataset_id="synthetic")
 
 
-def bench_train(out: str | Path = "bench_train.json", threads=(1, 2), quick: bool = False) -> dict:
-    """Training step (sample + forward + backward + AdamW) and acting latency per algorithm."""
+def bench_train(out: str | Path = "bench_train.json", threads=(1, 2), quick: bool = False,
+                algos=None, compile: str = "auto") -> dict:
+    """Training step (sample + forward + backward + AdamW) and acting latency per algorithm
+    (``algos``: all offline ones by default); ``compile`` is the agents' config value."""
     import logging
 
     import rl_seq
@@ -202,11 +204,11 @@ def bench_train(out: str | Path = "bench_train.json", threads=(1, 2), quick: boo
     old = torch.get_num_threads()
     for th in threads:
         torch.set_num_threads(th)
-        for algo in [name for name, cls in ALGOS.items() if not cls.online]:
+        for algo in algos or [name for name, cls in ALGOS.items() if not cls.online]:
             torch.manual_seed(0)
-            agent = rl_seq.make_agent(algo, dataset=data, eval_episodes=0, **size)
+            agent = rl_seq.make_agent(algo, dataset=data, eval_episodes=0, compile=compile, **size)
             cfg = agent.config
-            agent.learn(data, steps=2)  # warm-up (allocations, first-call costs)
+            agent.learn(data, steps=2)  # warm-up (allocations, first-call costs, compilation)
             n = 3 if quick else 12
             t0 = time.perf_counter()
             agent.learn(data, steps=n)  # sample + forward + backward + AdamW, the real update
@@ -219,11 +221,11 @@ def bench_train(out: str | Path = "bench_train.json", threads=(1, 2), quick: boo
                 _, state = agent.predict(obs, state, np.array([state is None]), rewards=np.zeros(1))
 
             act_ms = _timeit(act, 50 if quick else 200, warmup=5) * 1e3
-            res[f"{algo}@{th}"] = dict(algo=algo, threads=th, context=cfg.context,
+            res[f"{algo}@{th}"] = dict(algo=algo, threads=th, context=cfg.context, compile=compile,
                                        train_step_s=step_s, act_ms_per_step=act_ms)
             rows.append([algo, th, cfg.context, step_s, act_ms])
     torch.set_num_threads(old)
-    _print_table("offline algorithms at the reference DT size (embed 128, 3 layers, batch 64)",
+    _print_table(f"offline algorithms at the reference DT size (embed 128, 3 layers, batch 64), compile={compile}",
                  ["algo", "threads", "K", "train s/step", "act ms/step"], rows)
     res["env"] = _env_info()
     Path(out).write_text(json.dumps(res, indent=2))

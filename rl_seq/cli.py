@@ -40,6 +40,7 @@ Every config key (--set key=value, dotted for nested keys), per algorithm family
   rl-seq bench kernels --json bench_kernels.json
   rl-seq bench sampler --dataset hopper/medium-v0
   rl-seq bench train --threads 1 2
+  rl-seq bench train --algos dt --threads 1 --compile on
   rl-seq bench ppo --env CartPole-v1 --threads 1
   rl-seq bench sb3 --hidden 64""",
     "plot": """examples:
@@ -135,6 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     bt.add_argument("--json", default="bench_train.json")
     bt.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    bt.add_argument("--algos", nargs="+", help="offline algorithms to time (default: all)")
+    bt.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                    help="the agents' torch.compile setting (auto: on CUDA only)")
     bp = bsub.add_parser("ppo", help="recurrent PPO env steps/s against sb3-contrib's RecurrentPPO")
     bp.add_argument("--env", default="CartPole-v1")
     bp.add_argument("--steps", type=int, default=8192)
@@ -348,7 +352,7 @@ def cmd_bench(a) -> int:
     elif a.what == "sampler":
         bench.bench_sampler(a.dataset, a.json)
     elif a.what == "train":
-        bench.bench_train(a.json, threads=a.threads, quick=a.quick)
+        bench.bench_train(a.json, threads=a.threads, quick=a.quick, algos=a.algos, compile=a.compile)
     elif a.what == "ppo":
         bench.bench_ppo(a.json, env_id=a.env, steps=a.steps, threads=a.threads)
     else:

@@ -124,3 +124,14 @@ def test_help_texts(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "dt" in out and "mlstm" in out and "rl_seq/PointGoal-v0" in out
+
+
+def test_bench_train_times_the_chosen_algorithms(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "train", "--quick", "--algos", "dt", "qt", "--threads", "1", "--compile", "off",
+                 "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert {k for k in res if "@" in k} == {"dt@1", "qt@1"}
+    for algo in ("dt", "qt"):
+        r = res[f"{algo}@1"]
+        assert r["compile"] == "off" and r["train_step_s"] > 0 and r["act_ms_per_step"] > 0

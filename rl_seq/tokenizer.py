@@ -167,6 +167,11 @@ class TrajectoryTokenizer(nn.Module):
             self.embed["prev_rew"] = nn.Linear(1, d_model)
         self.max_timestep = max_timestep
         self.time = nn.Embedding(max_timestep + 1, d_model) if max_timestep else None
+        if self.time is not None:
+            # GPT-2's init, as the reference Decision Transformers: with PyTorch's N(0, 1) each
+            # token would carry a fixed random vector (norm ~sqrt(D)) larger than the state,
+            # return and action embeddings, which AdamW at lr 1e-4 barely moves in 10k steps
+            nn.init.normal_(self.time.weight, std=0.02)
         self.ln = nn.LayerNorm(d_model)
 
     def slot_index(self, field: str) -> int:

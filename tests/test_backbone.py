@@ -135,3 +135,14 @@ def test_features_at_one_slot_equal_full_forward(mixer, block):
     start[0, 3] = True
     h, _ = bb(f, None, start)
     assert (tok.read(h, "obs") - bb.features(f, start, "obs")).abs().max() < 1e-6
+
+
+def test_gpt2_init_of_the_blocks():
+
+    torch.manual_seed(0)
+    b = Backbone(None, BackboneConfig(d_model=128, n_layers=2, init="gpt2"))
+    for blk in b.blocks:
+        for lin in (blk.mlp[0], blk.mlp[2], blk.mixer.qkv, blk.mixer.proj):
+            assert abs(lin.weight.std().item() - 0.02) < 2e-3 and lin.bias.abs().max() == 0
+    with pytest.raises(ValueError, match="init"):
+        BackboneConfig(init="xavier")

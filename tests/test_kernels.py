@@ -177,3 +177,30 @@ def test_chunk_longer_than_the_decay_floor_allows_is_refused(name):
     m = make_mixer(name, D, H, chunk=17)
     with pytest.raises(ValueError, match="chunk must be in"):
         m(torch.randn(1, 20, D))
+
+
+def test_attention_dropout_only_while_training_on_both_paths():
+    x, resets = example()
+    torch.manual_seed(0)
+    fast = make_mixer("attention", D, H, window=9, dropout=0.5)
+    ref = make_mixer("attention", D, H, window=9, dropout=0.5, backend="reference")
+    ref.load_state_dict(fast.state_dict())
+    fast.eval(), ref.eval()
+    assert max_diff(fast(x, None, resets)[0], ref(x, None, resets)[0]) < TOL  # eval: no dropout
+    plain = fast(x, None, resets)[0]
+    for m in (fast.train(), ref.train()):
+        torch.manual_seed(1)
+        y1 = m(x, None, resets)[0]
+        assert max_diff(y1, plain) > 1e-3  # the probabilities are dropped...
+        torch.manual_seed(1)
+        assert max_diff(m(x, None, resets)[0], y1) == 0.0  # ...by the seeded generator
+    with pytest.raises(ValueError, match="dropout"):
+        make_mixer("attention", D, H, dropout=1.0)
+
+
+def test_gpt2_init_keeps_structured_parameters():
+    m = make_mixer("mlstm", 64, 4)
+    gates = m.gates.bias.detach().clone()
+    m.gpt2_init_()
+    assert torch.equal(m.gates.bias, gates)  # closed input / open forget gates survive
+    assert abs(m.qkvo.weight.std().item() - 0.02) < 2e-3 and m.qkvo.bias.abs().max() == 0

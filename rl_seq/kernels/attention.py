@@ -24,17 +24,22 @@ class Attention(Mixer):
         n_heads: heads H (D % H == 0).
         window: a token sees itself and at most ``window - 1`` tokens before it
             (None = unlimited; the cache then grows with the history).
+        dropout: dropout on the attention probabilities while training (the GPT-2 / Decision
+            Transformer ``attn_pdrop``); both paths draw it, so they agree only in eval mode.
         backend: ``"reference"`` (explicit fp32 softmax) or ``"torch"`` (SDPA).
     """
 
     name = "attention"
 
     def __init__(self, d_model: int, n_heads: int = 1, *, window: int | None = None,
-                 backend: str = "torch") -> None:
+                 dropout: float = 0.0, backend: str = "torch") -> None:
         super().__init__(d_model, n_heads, backend)
         if window is not None and window < 1:
             raise ValueError(f"window must be >= 1 or None, got {window}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.window = window
+        self.dropout = dropout
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
 
@@ -83,11 +88,12 @@ class Attention(Mixer):
     def forward_fast(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
         B, T, D = x.shape
         q, keys, values, mask, new_state = self._prepare(x, state, resets)
+        p = self.dropout if self.training else 0.0
         plain = keys.shape[2] == T and (self.window is None or self.window >= T) and not resets[:, 1:].any()
         if plain:
-            y = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
+            y = F.scaled_dot_product_attention(q, keys, values, is_causal=True, dropout_p=p)
         else:
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None])
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None], dropout_p=p)
         return self.proj(y.transpose(1, 2).reshape(B, T, D)), new_state
 
     def forward_reference(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
@@ -95,5 +101,6 @@ class Attention(Mixer):
         q, keys, values, mask, new_state = self._prepare(x, state, resets)
         scores = (q.float() @ keys.float().transpose(-1, -2)) / math.sqrt(self.head_dim)
         scores = scores.masked_fill(~mask[:, None], float("-inf"))
-        y = torch.softmax(scores, -1) @ values.float()
+        probs = F.dropout(torch.softmax(scores, -1), self.dropout, self.training)
+        y = probs @ values.float()
         return self.proj(y.to(x.dtype).transpose(1, 2).reshape(B, T, D)), new_state

@@ -72,6 +72,16 @@ class Mixer(nn.Module):
         y, state = self.forward_fast(x[:, None], state, reset[:, None])
         return y[:, 0], state
 
+    def gpt2_init_(self) -> None:
+        """GPT-2's initialisation (the Decision Transformers'): every Linear / Embedding
+        weight ~ N(0, 0.02), Linear biases 0. A mixer whose parameters carry structure (gate
+        biases, decay rates) overrides this to keep it."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
     def state_bytes(self, batch_size: int = 1) -> int:
         """Bytes of acting state per ``batch_size`` environments (at its largest)."""
         return sum(t.numel() * t.element_size() for t in self.init_state(batch_size, "cpu"))

@@ -36,13 +36,22 @@ class MLSTM(Mixer):
         H = n_heads
         self.qkvo = nn.Linear(d_model, 4 * d_model)
         self.gates = nn.Linear(d_model, 2 * H)  # input and forget pre-activations
-        with torch.no_grad():
-            self.gates.weight.mul_(0.1)
-            self.gates.bias[:H].fill_(-3.0)
-            self.gates.bias[H:] = torch.linspace(3.0, 6.0, H)
+        self._init_gates()
         self.norm = nn.LayerNorm(self.head_dim, elementwise_affine=False)
         self.scale = nn.Parameter(torch.ones(d_model))
         self.proj = nn.Linear(d_model, d_model)
+
+    @torch.no_grad()
+    def _init_gates(self) -> None:
+        """Small gate weights; input gates start closed (-3), forget gates open (3..6)."""
+        H = self.n_heads
+        self.gates.weight.mul_(0.1)
+        self.gates.bias[:H].fill_(-3.0)
+        self.gates.bias[H:] = torch.linspace(3.0, 6.0, H)
+
+    def gpt2_init_(self) -> None:
+        super().gpt2_init_()
+        self._init_gates()
 
     def init_state(self, batch_size: int, device=None) -> State:
         H, Dh = self.n_heads, self.head_dim

@@ -43,12 +43,18 @@ class BackboneConfig:
     """Kernel backend: ``torch``, ``reference`` or ``accelerated``."""
     mixer_options: dict = field(default_factory=dict)
     """Mixer keyword arguments, e.g. ``{window: 60}``, ``{memory: 64}``, ``{eta: 4, r: 4}``."""
+    init: str = "torch"
+    """Initialisation of the blocks: ``torch`` (PyTorch's and each mixer's own) or ``gpt2``
+    (N(0, 0.02) weights, zero biases, as the reference Decision Transformers; mixers keep
+    their structured parameters, see ``Mixer.gpt2_init_``)."""
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
             raise ValueError(f"unknown mixer {self.mixer!r}; choose one of {', '.join(MIXERS)}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.init not in ("torch", "gpt2"):
+            raise ValueError(f"init must be 'torch' or 'gpt2', got {self.init!r}")
         if self.block not in ("pre_ln", "gtrxl"):
             raise ValueError(f"block must be 'pre_ln' or 'gtrxl', got {self.block!r}")
         if self.d_model % self.n_heads:
@@ -87,6 +93,12 @@ class Block(nn.Module):
         self.gated = cfg.block == "gtrxl"
         if self.gated:
             self.gate1, self.gate2 = GRUGate(D), GRUGate(D)
+        if cfg.init == "gpt2":
+            self.mixer.gpt2_init_()
+            for m in self.mlp:
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=0.02)
+                    nn.init.zeros_(m.bias)
 
     def _join(self, x: Tensor, y: Tensor, which: int) -> Tensor:
         if self.gated:

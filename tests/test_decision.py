@@ -61,6 +61,30 @@ def test_cached_acting_equals_window_recompute_while_history_fits(trained):
     trained.config.acting = "cached"
 
 
+def test_cached_acting_equals_the_model_on_the_whole_history_past_k(trained):
+    """At every t up to 3K the cached action equals the trained model's parallel forward over
+    the episode so far (attention's sliding window of K steps in every layer)."""
+    K, n = trained.config.context, 2
+    env = trained.make_env(n=n)
+    obs, _ = env.reset(seed=3)
+    hist = dict(obs=[], act=[], rtg=[], timestep=[])
+    state, rewards, start = None, np.zeros(n), np.ones(n, bool)
+    for t in range(3 * K + 1):
+        act, state = trained.predict(obs, state, start, rewards=rewards)
+        for k, v in (("obs", obs), ("act", act), ("rtg", state.rtg.copy()), ("timestep", state.t.copy())):
+            hist[k].append(v)
+        if t >= K - 1:
+            f = {k: torch.as_tensor(np.stack(v, 1)) for k, v in hist.items()}
+            f["obs"], f["rtg"] = f["obs"].float(), f["rtg"].float()
+            first = torch.zeros(n, t + 1, dtype=torch.bool)
+            first[:, 0] = True
+            with torch.no_grad():
+                full = trained.model.eval()(trained.model.fields(f["obs"], f["act"], f["rtg"], f["timestep"]), first)
+            assert torch.allclose(full[:, t], torch.as_tensor(act), atol=1e-5), t
+        obs, rewards, *_ = env.step(act)
+        start = np.zeros(n, bool)
+
+
 def test_sb3_evaluate_policy_matches_agent_evaluate(trained):
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.vec_env import DummyVecEnv

@@ -8,9 +8,16 @@ to the action bounds), cross-entropy on discrete ones, averaged over real (unpad
 
 Acting feeds ``a_{t-1}, R_t, s_t`` through the backbone's step state (KV cache / recurrence),
 never recomputing the window (``acting="cached"``); ``acting="window"`` recomputes the last K
-steps each step as the original DT rollout does. The return-to-go starts at the target return
-and drops by each reward, which reaches ``predict`` as ``rewards=`` or through
-``agent.wrap_env(env)`` (SB3 loops).
+steps each step as the original DT rollout does.
+
+With attention, every layer attends over a sliding window of K steps (3K-1 tokens: s_t sees
+R_{t-K+1} .. s_t), so the KV cache computes exactly what the model computes on the whole
+history. Training windows of ``segment`` > K steps train the model in that regime: later
+positions attend to keys that themselves saw context from before their own window, as the
+cache's keys do once t >= K (sliding-window language models train the same way).
+
+The return-to-go starts at the target return and drops by each reward, which reaches
+``predict`` as ``rewards=`` or through ``agent.wrap_env(env)`` (SB3 loops).
 """
 
 from __future__ import annotations
@@ -38,7 +45,11 @@ class DecisionConfig(TrainConfig):
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     """The sequence model (``--backbone`` sets ``backbone.mixer``)."""
     context: int = 20
-    """K: timesteps per training window (3K tokens)."""
+    """K: timesteps a prediction sees (attention: its sliding window in every layer; other
+    mixers: the training window when ``segment`` is unset)."""
+    segment: int | None = None
+    """Timesteps per training window (>= K; None = K). For attention, segments longer than K
+    train the sliding window as cached acting uses it (see the module docstring)."""
     batch_size: int = 64
     """Windows per gradient step."""
     lr: float = 1e-4
@@ -72,6 +83,8 @@ class DecisionConfig(TrainConfig):
             raise ConfigError(f"acting must be 'cached' or 'window', got {self.acting!r}")
         if self.context < 1:
             raise ConfigError(f"context must be >= 1, got {self.context}")
+        if self.segment is not None and self.segment < self.context:
+            raise ConfigError(f"segment must be >= context (K={self.context}) or null, got {self.segment}")
 
 
 class DecisionModel(nn.Module):
@@ -112,8 +125,8 @@ class DecisionAgent(Agent):
     def _build(self) -> nn.Module:
         cfg = self.config
         if cfg.backbone.mixer == "attention" and "window" not in cfg.backbone.mixer_options:
-            # the cache keeps the last K steps, like the training windows
-            cfg.backbone.mixer_options = {**cfg.backbone.mixer_options, "window": 3 * cfg.context}
+            # s_t sees R_{t-K+1} .. s_t: what the last state of a K-step training window sees
+            cfg.backbone.mixer_options = {**cfg.backbone.mixer_options, "window": 3 * cfg.context - 1}
         model = DecisionModel(self.observation_space, self.action_space, cfg)
         if "return_scale" in self.meta:
             model.return_scale.fill_(self.meta["return_scale"])
@@ -139,7 +152,7 @@ class DecisionAgent(Agent):
         steps = steps or cfg.steps
         episodes = load_episodes(dataset) if isinstance(dataset, str) else dataset
         self.setup_from_data(episodes)
-        sampler = SegmentSampler(episodes, cfg.context, seed=cfg.seed,
+        sampler = SegmentSampler(episodes, cfg.segment or cfg.context, seed=cfg.seed,
                                  short_episodes=cfg.short_episodes)
         opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps))

@@ -286,7 +286,9 @@ def cmd_eval(a) -> int:
         agent.config.acting = a.acting
     kwargs = dict(episodes=a.episodes, seed=a.seed)
     if a.target_return is not None:
-        if not hasattr(agent, "setup_from_data"):
+        from rl_seq.agents import DecisionAgent
+
+        if not isinstance(agent, DecisionAgent):
             raise CLIError(f"--target-return applies to return-conditioned agents, not {agent.algo}")
         kwargs["target_return"] = a.target_return
     res = agent.evaluate(a.env, **kwargs).to_dict()
@@ -396,10 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    import gymnasium as gym
+
     import rl_seq  # noqa: F401  (registers envs)
     from rl_seq.config import ConfigError
     from rl_seq.data import DatasetNotFoundError
-    from rl_seq.runs import CheckpointError
+    from rl_seq.runs import CheckpointError, RunLockedError
 
     handlers = {"train": cmd_train, "eval": cmd_eval, "datasets": cmd_datasets,
                 "bench": cmd_bench, "plot": cmd_plot, "list": cmd_list}
@@ -408,9 +412,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ConfigError, DatasetNotFoundError, CheckpointError, FileExistsError,
+    except (CLIError, ConfigError, DatasetNotFoundError, CheckpointError, RunLockedError, FileExistsError,
             FileNotFoundError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except gym.error.Error as e:  # an unregistered env id, a missing env dependency, ...
+        print(f"error: {e} (see `rl-seq list` for the built-in envs)", file=sys.stderr)
         return 2
 
 

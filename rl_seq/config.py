@@ -170,7 +170,10 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
     if base:
         values = merge(values, base)
     if path is not None:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
         data.pop("algo", None)

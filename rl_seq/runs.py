@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import random
 import time
 import zipfile
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or truncated."""
+
+
+class RunLockedError(RuntimeError):
+    """Another process is writing to the run folder."""
 
 
 def seed_everything(seed: int) -> None:
@@ -70,7 +75,8 @@ def load_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"no checkpoint at {path}; start without --resume")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, pickle.UnpicklingError) as e:
+        # (never retry with weights_only=False: that would run code from the file)
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}); delete it "
             "to start over, or restore it from a backup") from None
@@ -94,12 +100,16 @@ class Run:
                  wandb: bool = False, wandb_project: str = "rl_seq") -> None:
         self.dir = Path(out_dir)
         self.ckpt_path = self.dir / "checkpoints" / "last.pt"
-        if self.dir.exists() and any(self.dir.iterdir()) and not resume:
+        if resume and not self.ckpt_path.exists():
+            raise CheckpointError(f"--resume: {self.dir} holds no checkpoint ({self.ckpt_path} is missing); "
+                                  "start the run without --resume, or name the folder of the run to continue")
+        if self.dir.exists() and any(p.name != ".lock" for p in self.dir.iterdir()) and not resume:
             if self.ckpt_path.exists() or (self.dir / "model").exists():
                 raise FileExistsError(
                     f"run folder {self.dir} already holds a run; pass --resume to continue it "
                     "or choose another --out")
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(self.dir / ".lock")
         cfg_path = self.dir / "config.yaml"
         if resume and cfg_path.exists():
             old = yaml.safe_load(cfg_path.read_text())
@@ -155,6 +165,37 @@ class Run:
         self.write_csv()
         if self.wandb is not None:
             self.wandb.finish()
+        if self._lock is not None:  # releases the lock (as the process's exit would, even a kill)
+            _HELD.pop(str(self._lock.name), None)
+            self._lock.close()
+            self._lock = None
+
+
+_HELD: dict[str, Any] = {}  # run-folder locks this process holds (a process may reopen its own runs)
+
+
+def _lock(path: Path):
+    """Hold an exclusive lock on ``path`` for this process (the OS drops it when the process
+    ends, however it ends); a writer in another process is refused with the first one's PID."""
+    import fcntl
+
+    if str(path) in _HELD:
+        return _HELD[str(path)]
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunLockedError(f"run folder {path.parent} is in use by {holder}; wait for that run to end "
+                             "or choose another --out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"process {os.getpid()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})")
+    f.flush()
+    _HELD[str(path)] = f
+    return f
 
 
 def _without_steps(config: dict) -> dict:
@@ -221,27 +262,32 @@ def progress(total: int, description: str, start: int = 0):
 
 
 class stop_on_interrupt:
-    """Turn Ctrl-C into a flag the loop checks between steps, so the checkpoint it writes
-    is never taken in the middle of an optimiser step."""
+    """Turn Ctrl-C (SIGINT) and SIGTERM (what schedulers and ``docker stop`` send) into a
+    flag the loop checks between steps, so the checkpoint it writes is never taken in the
+    middle of an optimiser step. A second signal stops at once."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
 
     def __enter__(self):
         import signal
         import threading
 
         self.requested = False
-        self._old = None
+        self._old = {}
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, *_):
-        if self.requested:  # a second Ctrl-C stops at once
+        if self.requested:
             raise KeyboardInterrupt
         self.requested = True
 
     def __exit__(self, *exc):
         import signal
 
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
         return False

@@ -37,9 +37,10 @@ def test_run_folder_layout_and_eval_json(tmp_path, capsys):
     assert out["episodes"] == 3 and 0 <= out["normalized_score"] + 1
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, sig):
     assert train(tmp_path / "full", 30) == 0
-    # Ctrl-C arrives during step 17: the step finishes, a checkpoint is written, exit 130
+    # Ctrl-C / SIGTERM arrives during step 17: the step finishes, a checkpoint is written, exit 130
     from rl_seq.data.sampler import SegmentSampler
     calls = {"n": 0}
     real = SegmentSampler.sample
@@ -47,7 +48,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     def sample(self, n):
         calls["n"] += 1
         if calls["n"] == 17:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), sig)
         return real(self, n)
 
     monkeypatch.setattr(SegmentSampler, "sample", sample)

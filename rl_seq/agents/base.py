@@ -151,6 +151,10 @@ class Agent:
                 f"{shape} (one observation) or (n_envs, {', '.join(map(str, shape))}) (a batch); "
                 "check that the env matches the one the agent was trained on")
         n = obs.shape[0]
+        if np.issubdtype(obs.dtype, np.floating) and not np.isfinite(obs).all():
+            bad = sorted({int(i) for i in np.argwhere(~np.isfinite(obs.reshape(n, -1)))[:, 0]})
+            raise ValueError(f"observation of env(s) {bad} holds NaN or inf; the agent's state is unchanged. "
+                             "Check the env (or its wrappers) for the step that produced it")
         if episode_start is None:
             episode_start = np.full(n, state is None)
         episode_start = np.asarray(episode_start, bool).reshape(-1)
@@ -193,6 +197,8 @@ class Agent:
                  seed: int = 10_000, deterministic: bool = True) -> EvalResult:
         """Run ``episodes`` episodes in parallel (one per sub-env, seeds seed..seed+N-1) and
         return their returns, lengths, normalised score and wall time."""
+        if episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {episodes}")
         own = not isinstance(env, gym.vector.VectorEnv)
         venv = self.make_env(env, episodes) if own else env
         n = venv.num_envs

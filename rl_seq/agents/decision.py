@@ -22,6 +22,7 @@ The return-to-go starts at the target return and drops by each reward, which rea
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import gymnasium as gym
@@ -83,6 +84,8 @@ class DecisionConfig(TrainConfig):
             raise ConfigError(f"acting must be 'cached' or 'window', got {self.acting!r}")
         if self.context < 1:
             raise ConfigError(f"context must be >= 1, got {self.context}")
+        if self.target_returns is not None and not all(math.isfinite(float(x)) for x in self.target_returns):
+            raise ConfigError(f"target_returns must be finite numbers, got {self.target_returns}")
         if self.segment is not None and self.segment < self.context:
             raise ConfigError(f"segment must be >= context (K={self.context}) or null, got {self.segment}")
 
@@ -186,6 +189,9 @@ class DecisionAgent(Agent):
         """As :meth:`Agent.evaluate`, conditioned on ``target_return`` (default: the
         first of the config's target returns)."""
         old = self.meta.get("target_return")
+        if target_return is not None and not math.isfinite(target_return):
+            raise ValueError(f"the target return must be a finite number, got {target_return}; "
+                             f"e.g. the data's best return, {self.meta.get('target_returns', ['?'])[0]}")
         if target_return is not None:
             self.meta["target_return"] = float(target_return)
         try:

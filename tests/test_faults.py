@@ -1,0 +1,139 @@
+"""Faults and bad input: each ends in one clear message (exit code 2 from the CLI) and loses
+nothing. (Issue #15's catalogue; more cases live in test_runs.py and test_data.py.)"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import rl_seq
+from rl_seq.cli import main
+from rl_seq.runs import CheckpointError, load_checkpoint
+
+DATA = "rl_seq/pointgoal/medium-v0"
+TINY = ["--set", "backbone.d_model=16", "--set", "backbone.n_layers=1", "--set", "batch_size=8",
+        "--set", "context=5", "--set", "warmup_steps=10", "--set", "eval_episodes=2", "--set", "log_every=5",
+        "--set", "eval_every=0", "--set", "threads=1"]
+
+
+def train_argv(out, steps, *extra):
+    return ["train", "dt", "--dataset", DATA, "--steps", str(steps), "--out", str(out), *TINY, *extra]
+
+
+def weights(run):
+    return load_file(str(run / "model" / "model.safetensors"))
+
+
+def test_sigkill_loses_only_the_steps_since_the_checkpoint(tmp_path):
+    """A killed run (no handler can run) resumes from its last checkpoint to the same weights
+    as a run never stopped; the kill also frees the run folder's lock."""
+    assert main(train_argv(tmp_path / "full", 60, "--set", "checkpoint_every=10")) == 0
+    part = tmp_path / "part"
+    argv = [sys.executable, "-m", "rl_seq", *train_argv(part, 60, "--set", "checkpoint_every=10")]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ckpt = part / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpt.exists() and load_checkpoint(ckpt)["step"] >= 10):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = load_checkpoint(ckpt)["step"]
+    assert 10 <= step < 60 and not (part / "model").exists()
+    assert main(train_argv(part, 60, "--set", "checkpoint_every=10", "--resume")) == 0
+    a, b = weights(tmp_path / "full"), weights(part)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_writer_is_refused_with_the_first_ones_pid(tmp_path, capsys):
+    out = tmp_path / "r"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from rl_seq.runs import Run; r = Run(sys.argv[1], {}); print('ok', flush=True); "
+        "time.sleep(60)"), str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        assert main(train_argv(out, 5)) == 2
+        err = capsys.readouterr().err
+        assert f"in use by process {holder.pid}" in err and "another --out" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "metrics.jsonl").exists()  # the refused run wrote nothing
+
+
+def test_resume_of_a_folder_without_a_checkpoint_is_refused(tmp_path, capsys):
+    assert main(train_argv(tmp_path / "never-ran", 5, "--resume")) == 2
+    assert "holds no checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "never-ran").exists()
+
+
+def test_random_bytes_checkpoint_is_reported_without_unsafe_advice(tmp_path):
+    p = tmp_path / "last.pt"
+    p.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(p)
+    assert "corrupt or truncated" in str(e.value) and "weights_only=False" not in str(e.value)
+
+
+def test_malformed_yaml_names_the_file(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("lr: [1e-4\nsteps: 10\n")
+    assert main(train_argv(tmp_path / "r", 5, "--config", str(cfg))) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml is not valid YAML" in err and "Traceback" not in err
+
+
+def test_unregistered_env_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "lstm", "--env", "NoSuchEnv-v9", "--steps", "10", "--out", str(tmp_path / "r")]) == 2
+    assert "NoSuchEnv" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def dt_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dt") / "run"
+    assert main(train_argv(out, 10)) == 0
+    return out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--episodes", "0"], "episodes must be >= 1"),
+    (["--target-return", "nan"], "finite number"),
+    (["--target-return", "inf"], "finite number"),
+])
+def test_bad_eval_arguments(dt_run, argv, needle, capsys):
+    before = (dt_run / "eval.json").read_text()
+    assert main(["eval", str(dt_run), *argv, "--json"]) == 2
+    assert needle in capsys.readouterr().err
+    assert (dt_run / "eval.json").read_text() == before  # nothing written
+
+
+def test_target_return_on_a_q_transformer_is_refused(tmp_path, capsys):
+    out = tmp_path / "qt"
+    assert main(["train", "qt", "--dataset", DATA, "--steps", "3", "--out", str(out), *TINY]) == 0
+    assert main(["eval", str(out), "--target-return", "10"]) == 2
+    assert "return-conditioned" in capsys.readouterr().err
+
+
+def test_nan_observation_is_refused_and_leaves_the_state_as_it_was(dt_run):
+    agent = rl_seq.load_agent(dt_run / "model")
+    obs = np.random.default_rng(0).uniform(-1, 1, (2, 4)).astype(np.float32)
+    _, s1 = agent.predict(obs, None, np.ones(2, bool))
+    _, s2 = agent.predict(obs, None, np.ones(2, bool))
+    bad = obs.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"env\(s\) \[1\] holds NaN"):
+        agent.predict(bad, s1, np.zeros(2, bool), rewards=np.zeros(2))
+    a1, _ = agent.predict(obs, s1, np.zeros(2, bool), rewards=np.zeros(2))
+    a2, _ = agent.predict(obs, s2, np.zeros(2, bool), rewards=np.zeros(2))
+    assert np.array_equal(a1, a2) and np.isfinite(a1).all()
+
+
+def test_nan_target_return_in_the_config_is_refused(capsys, tmp_path):
+    assert main(train_argv(tmp_path / "r", 5, "--set", "target_returns=[.nan]")) == 2
+    assert "finite" in capsys.readouterr().err

@@ -137,3 +137,26 @@ def test_nan_observation_is_refused_and_leaves_the_state_as_it_was(dt_run):
 def test_nan_target_return_in_the_config_is_refused(capsys, tmp_path):
     assert main(train_argv(tmp_path / "r", 5, "--set", "target_returns=[.nan]")) == 2
     assert "finite" in capsys.readouterr().err
+
+
+def test_interrupted_dataset_creation_leaves_nothing_behind(store, monkeypatch):
+    """Ctrl-C while a built-in dataset is made on first use: the store holds no broken entry,
+    and the next use makes it afresh."""
+    import minari
+
+    from rl_seq.data import load_episodes
+
+    real = minari.create_dataset_from_buffers
+
+    def interrupted(*a, **k):
+        real(*a, **k)  # every file written, then Ctrl-C before the dataset is in place
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(minari, "create_dataset_from_buffers", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_episodes(DATA)
+    monkeypatch.setattr(minari, "create_dataset_from_buffers", real)
+    assert DATA not in minari.list_local_datasets()
+    assert [p.name for p in store.iterdir() if p.name.startswith(".")] == []  # no temp store left
+    assert load_episodes(DATA).num_episodes == 200
+    assert DATA in minari.list_local_datasets()

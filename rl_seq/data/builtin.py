@@ -11,8 +11,6 @@ episodes.
 
 from __future__ import annotations
 
-import warnings
-
 import gymnasium as gym
 import numpy as np
 
@@ -55,8 +53,9 @@ def _mean_return(eps: list[dict]) -> float:
 
 def make_builtin(dataset_id: str, episodes: int = 200, seed: int = 0):
     """Record a built-in dataset into the local Minari store and return it."""
-    import minari
     from minari.data_collector import EpisodeBuffer
+
+    from rl_seq.data.store import create_dataset
 
     level = BUILTIN[dataset_id]
     noise, gain = {
@@ -71,9 +70,7 @@ def make_builtin(dataset_id: str, episodes: int = 200, seed: int = 0):
     buffers = [EpisodeBuffer(id=i, observations=e["observations"], actions=e["actions"],
                              rewards=e["rewards"], terminations=e["terminations"],
                              truncations=e["truncations"]) for i, e in enumerate(eps)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # minari asks for author/permalink
-        return minari.create_dataset_from_buffers(
-            dataset_id, buffers, env=ENV_ID, algorithm_name=f"scripted expert ({level})",
-            author="rl_seq", ref_min_score=ref_min, ref_max_score=ref_max,
-            description=f"rl_seq built-in PointGoal dataset, level {level}; see rl_seq.data.builtin")
+    return create_dataset(
+        dataset_id, buffers, env=ENV_ID, algorithm_name=f"scripted expert ({level})",
+        author="rl_seq", ref_min_score=ref_min, ref_max_score=ref_max,
+        description=f"rl_seq built-in PointGoal dataset, level {level}; see rl_seq.data.builtin")

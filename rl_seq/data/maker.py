@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,19 +85,15 @@ def train_expert(env_id: str, algo: str, steps: int, checkpoints: int, n_envs: i
 
 
 def save_level(dataset_id: str, eps: list[dict], env_id: str, ref_min: float, ref_max: float, desc: str):
-    import minari
     from minari.data_collector import EpisodeBuffer
+
+    from rl_seq.data.store import create_dataset
 
     buffers = [EpisodeBuffer(id=i, observations=e["observations"], actions=e["actions"],
                              rewards=list(e["rewards"]), terminations=list(e["terminations"]),
                              truncations=list(e["truncations"])) for i, e in enumerate(eps)]
-    if dataset_id in minari.list_local_datasets():
-        minari.delete_dataset(dataset_id)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return minari.create_dataset_from_buffers(
-            dataset_id, buffers, env=env_id, algorithm_name="rl_seq datasets make", author="rl_seq",
-            ref_min_score=ref_min, ref_max_score=ref_max, description=desc)
+    return create_dataset(dataset_id, buffers, env=env_id, algorithm_name="rl_seq datasets make",
+                          author="rl_seq", ref_min_score=ref_min, ref_max_score=ref_max, description=desc)
 
 
 def make_datasets(env_id: str, name: str, levels=LEVELS, expert_steps: int = 100_000,

@@ -176,6 +176,9 @@ def cmd_train(a) -> int:
     online = PRESETS[a.algo][0].online
     if online and not a.env:
         raise CLIError(f"{a.algo} trains online: give --env ENV_ID (e.g. rl_seq/TMaze-v0, CartPole-v1)")
+    if online and a.dataset:
+        raise CLIError(f"{a.algo} trains online in --env and reads no dataset; drop --dataset {a.dataset} "
+                       "(or train an offline algorithm on it: dt, dc, ds4, lram, qt)")
     if not online and not a.dataset:
         raise CLIError(f"{a.algo} trains offline: give --dataset ID (see `rl-seq datasets list`)")
     overrides = list(a.set)

@@ -164,8 +164,9 @@ def merge(base: dict, update: dict) -> dict:
 
 
 def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict | None = None):
-    """Defaults <- ``base`` <- YAML file <- overrides; returns a checked ``cls``."""
+                base: dict | None = None, expected_algo: str | None = None):
+    """Defaults <- ``base`` <- YAML file <- overrides; returns a checked ``cls``. A file's
+    ``algo:`` key, when present, must be ``expected_algo``."""
     values = to_dict(cls())
     if base:
         values = merge(values, base)
@@ -176,7 +177,10 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
             raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
-        data.pop("algo", None)
+        algo = data.pop("algo", None)
+        if algo is not None and expected_algo is not None and algo != expected_algo:
+            raise ConfigError(f"{path} is a config for {algo!r}, not {expected_algo!r}; "
+                              f"train {algo} with it, or pick configs/{expected_algo}/...")
         values = merge(values, data)
     if overrides:
         values = merge(values, parse_overrides(overrides))

@@ -8,7 +8,7 @@ from rl_seq.config import ConfigError, parse_overrides
 
 def test_preset_file_and_overrides_stack(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("algo: dt\nlr: 0.001\nbackbone:\n  n_layers: 5\n")
+    f.write_text("algo: dc\nlr: 0.001\nbackbone:\n  n_layers: 5\n")
     cfg = config_for("dc", f, ["lr=3e-4", "backbone.mixer_options.kernel_size=4", "target_returns=[1, 2]"])
     assert cfg.backbone.mixer == "conv"  # preset
     assert cfg.backbone.n_layers == 5  # file

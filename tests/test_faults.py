@@ -160,3 +160,47 @@ def test_interrupted_dataset_creation_leaves_nothing_behind(store, monkeypatch):
     assert [p.name for p in store.iterdir() if p.name.startswith(".")] == []  # no temp store left
     assert load_episodes(DATA).num_episodes == 200
     assert DATA in minari.list_local_datasets()
+
+
+def test_actions_outside_the_action_space_are_refused(store, capsys, tmp_path):
+    from conftest import make_minari, point_episode
+
+    eps = [point_episode(30, seed=i) for i in range(3)]
+    eps[1]["actions"][4] = [1.7, 0.0]  # outside the [-1, 1] box
+    make_minari("test/outside-v0", eps)
+    assert main(["train", "dt", "--dataset", "test/outside-v0", "--steps", "3", "--out", str(tmp_path / "r"),
+                 *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "1 action(s) of test/outside-v0 lie outside its action space" in err and "clip" in err
+
+
+def test_a_config_file_for_another_algorithm_is_refused(tmp_path, capsys):
+    assert main(train_argv(tmp_path / "r", 5, "--config", "configs/qt/pointgoal.yaml")) == 2
+    assert "config for 'qt', not 'dt'" in capsys.readouterr().err
+
+
+def test_online_training_with_a_dataset_says_it_reads_none(tmp_path, capsys):
+    assert main(["train", "lstm", "--env", "CartPole-v1", "--dataset", DATA, "--out", str(tmp_path / "r")]) == 2
+    assert "reads no dataset" in capsys.readouterr().err
+
+
+def test_multidiscrete_actions_are_refused_before_ppo_starts():
+    import gymnasium as gym
+
+    with pytest.raises(TypeError, match="Discrete or Box"):
+        rl_seq.make_agent("lstm", (gym.spaces.Box(-1, 1, (3,)), gym.spaces.MultiDiscrete([2, 3])))
+
+
+def test_a_failed_checkpoint_write_leaves_the_old_one_and_no_temp_file(tmp_path, monkeypatch):
+    from rl_seq.runs import save_checkpoint
+
+    p = tmp_path / "last.pt"
+    save_checkpoint(p, {"step": 1})
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(p, {"step": 2})
+    assert load_checkpoint(p)["step"] == 1 and [f.name for f in tmp_path.iterdir()] == ["last.pt"]

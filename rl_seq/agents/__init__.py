@@ -47,7 +47,7 @@ def config_for(name: str, path=None, overrides: list[str] | None = None, **field
     if name not in PRESETS:
         raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(PRESETS)}")
     cls, preset, _ = PRESETS[name]
-    cfg = load_config(cls.config_class, path, overrides, base=merge(preset, fields))
+    cfg = load_config(cls.config_class, path, overrides, base=merge(preset, fields), expected_algo=name)
     # a swapped mixer keeps only the preset mixer's options it accepts (relit --backbone linear
     # keeps eta and gate_bias, drops r)
     pb = preset.get("backbone", {})

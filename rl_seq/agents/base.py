@@ -124,6 +124,7 @@ class Agent:
         the reference scores (config overrides win) and the observation statistics."""
         cfg = self.config
         episodes.check_spaces(self.observation_space, self.action_space)
+        episodes.check_actions()
         ref_min, ref_max = getattr(cfg, "ref_min_score", None), getattr(cfg, "ref_max_score", None)
         self.meta.update(
             env_id=episodes.env_id, env_kwargs=episodes.env_kwargs, dataset_id=episodes.dataset_id,

@@ -107,6 +107,9 @@ class PPOModel(nn.Module):
     def __init__(self, obs_space: gym.Space, act_space: gym.Space, cfg: PPOConfig) -> None:
         super().__init__()
         D = cfg.backbone.d_model
+        if not isinstance(act_space, gym.spaces.Discrete | gym.spaces.Box):
+            raise TypeError(f"PPO acts in Discrete or Box action spaces, got {act_space}; flatten a "
+                            "MultiDiscrete/MultiBinary space to Discrete (or wrap the env) first")
         tok = TrajectoryTokenizer(obs_space, act_space, D, cfg.layout, cfg.max_timestep or None)
         self.backbone = Backbone(tok, cfg.backbone)
         self.discrete = isinstance(act_space, gym.spaces.Discrete)

@@ -156,6 +156,22 @@ class Episodes:
             self.final_observations[keep], self.observation_space, self.action_space,
             self.ref_min_score, self.ref_max_score, self.env_id, self.dataset_id, self.env_kwargs)
 
+    def check_actions(self) -> None:
+        """Raise if the data's actions lie outside its bounded Box action space (a tanh head
+        cannot reach them, and training on them would fit silently wrong targets)."""
+        sp = self.action_space
+        if not isinstance(sp, gym.spaces.Box) or not len(self.actions):
+            return
+        a = self.actions.reshape(len(self.actions), -1)
+        low, high = np.broadcast_to(sp.low, sp.shape).ravel(), np.broadcast_to(sp.high, sp.shape).ravel()
+        tol = 1e-6 * np.maximum(1.0, np.abs(np.where(np.isfinite(high), high, 0)))
+        bad = (a < low - tol) | (a > high + tol)
+        if bad.any():
+            raise ValueError(
+                f"{int(bad.any(1).sum())} action(s) of {self.dataset_id} lie outside its action space "
+                f"(range {a.min():.4g}..{a.max():.4g}, bounds {low.min():.4g}..{high.max():.4g}); clip them "
+                "to the bounds (Episodes.actions = np.clip(...)) or record the dataset with the right space")
+
     def check_spaces(self, observation_space: gym.Space, action_space: gym.Space) -> None:
         """Raise if an env's spaces do not match the data's."""
         obs = flat_observation_space(observation_space)

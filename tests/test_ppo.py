@@ -195,6 +195,12 @@ def test_popgym_envs_train_through_the_module_prefix(tmp_path):
     agent = rl_seq.make_agent("lstm", env_id, n_envs=2, n_steps=64, seq_len=32, n_minibatches=2,
                               vectorization="async", eval_episodes=2, eval_every=0, seed=0)
     out = agent.learn(env_id, steps=512)
+    env, n, done = gym.make(env_id), 0, False  # RepeatPrevious episodes have a fixed length
+    env.reset(seed=0)
+    while not done:
+        _, _, term, trunc, _ = env.step(env.action_space.sample())
+        n, done = n + 1, term or trunc
+    assert out["last"]["lengths"] == [n, n] and out["step"] == 512
     assert -1.0 <= out["last"]["mean_return"] <= 1.0  # popgym's returns are normalised to [-1, 1]
     loaded = rl_seq.load_agent(agent.save(tmp_path / "m"))
     assert loaded.evaluate(env_id, episodes=2, seed=3).returns == agent.evaluate(env_id, episodes=2, seed=3).returns

@@ -34,7 +34,10 @@ def test_run_folder_layout_and_eval_json(tmp_path, capsys):
     assert kinds == {"train", "eval"}
     assert main(["eval", str(r), "--episodes", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert out["episodes"] == 3 and 0 <= out["normalized_score"] + 1
+    meta = __import__("rl_seq").load_agent(r / "model").meta
+    lo, hi = meta["ref_min_score"], meta["ref_max_score"]
+    assert out["episodes"] == 3 and len(out["returns"]) == 3
+    assert abs(out["normalized_score"] - (out["mean_return"] - lo) / (hi - lo)) < 1e-9  # D4RL's formula
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

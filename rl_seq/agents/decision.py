@@ -49,8 +49,8 @@ class DecisionConfig(TrainConfig):
     """K: timesteps a prediction sees (attention: its sliding window in every layer; other
     mixers: the training window when ``segment`` is unset)."""
     segment: int | None = None
-    """Timesteps per training window (>= K; None = K). For attention, segments longer than K
-    train the sliding window as cached acting uses it (see the module docstring)."""
+    """Timesteps per training window (>= K). None: 2K with attention, whose sliding window then
+    binds in training as it does in cached acting (see the module docstring); K otherwise."""
     batch_size: int = 64
     """Windows per gradient step."""
     lr: float = 1e-4
@@ -88,6 +88,13 @@ class DecisionConfig(TrainConfig):
             raise ConfigError(f"target_returns must be finite numbers, got {self.target_returns}")
         if self.segment is not None and self.segment < self.context:
             raise ConfigError(f"segment must be >= context (K={self.context}) or null, got {self.segment}")
+
+    @property
+    def train_segment(self) -> int:
+        """Timesteps per training window (``segment`` resolved)."""
+        if self.segment is not None:
+            return self.segment
+        return 2 * self.context if self.backbone.mixer == "attention" else self.context
 
 
 class DecisionModel(nn.Module):
@@ -155,7 +162,7 @@ class DecisionAgent(Agent):
         steps = steps or cfg.steps
         episodes = load_episodes(dataset) if isinstance(dataset, str) else dataset
         self.setup_from_data(episodes)
-        sampler = SegmentSampler(episodes, cfg.segment or cfg.context, seed=cfg.seed,
+        sampler = SegmentSampler(episodes, cfg.train_segment, seed=cfg.seed,
                                  short_episodes=cfg.short_episodes)
         opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps))

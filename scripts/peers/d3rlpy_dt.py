@@ -1,0 +1,102 @@
+"""d3rlpy's DecisionTransformer on a local Minari dataset, for ``scripts/bench_peers.py``.
+
+Runs in its own virtualenv (d3rlpy 2.8.1 pins gymnasium 1.0), never imports rl_seq, and prints
+one JSON line on stdout (d3rlpy's logs go to stderr). The recipe is d3rlpy's D4RL
+reproduction of the Decision Transformer: context 20, 3 layers, 1 head, embed 128, dropout
+0.1, AdamW lr 1e-4 / wd 1e-4, clip 0.25, batch 64, reward scale 1e-3, standard observation
+scaling; the warm-up is an argument. Evaluation: ``episodes`` episodes with env seeds
+``eval_seed, eval_seed+1, ...`` through d3rlpy's stateful wrapper (window recompute).
+
+    python scripts/peers/d3rlpy_dt.py hopper/medium-v0 --steps 5000 --warmup 1000 --seed 0 \\
+        --eval-seed 10000 --episodes 10 --target-return 3600
+"""
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+
+
+def to_mdp(mds, np, d3rlpy):
+    """Minari episodes -> d3rlpy MDPDataset (one terminal or timeout flag on each last step)."""
+    cols = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts")}
+    for ep in mds.iterate_episodes():
+        T = len(ep.actions)
+        cols["observations"].append(np.asarray(ep.observations[:T], np.float32))
+        cols["actions"].append(np.asarray(ep.actions, np.float32).reshape(T, -1))
+        cols["rewards"].append(np.asarray(ep.rewards, np.float32).reshape(T))
+        term, tout = np.zeros(T, np.float32), np.zeros(T, np.float32)
+        if bool(ep.terminations[-1]):
+            term[-1] = 1.0
+        else:
+            tout[-1] = 1.0
+        cols["terminals"].append(term)
+        cols["timeouts"].append(tout)
+    return d3rlpy.dataset.MDPDataset(**{k: np.concatenate(v) for k, v in cols.items()},
+                                     action_space=d3rlpy.ActionSpace.CONTINUOUS)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset")
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--warmup", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-seed", type=int, default=10_000)
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--target-return", type=float, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+
+    out = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        import d3rlpy
+        import minari
+        import numpy as np
+        import structlog
+        import torch
+
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+        torch.set_num_threads(a.threads)
+        d3rlpy.seed(a.seed)
+        mds = minari.load_dataset(a.dataset)
+        data = to_mdp(mds, np, d3rlpy)
+        env = mds.recover_environment(eval_env=True)
+        dt = d3rlpy.algos.DecisionTransformerConfig(
+            batch_size=64, learning_rate=1e-4, context_size=20, num_heads=1, num_layers=3,
+            attn_dropout=0.1, resid_dropout=0.1, embed_dropout=0.1, max_timestep=1000,
+            optim_factory=d3rlpy.optimizers.AdamWFactory(
+                weight_decay=1e-4, clip_grad_norm=0.25,
+                lr_scheduler_factory=d3rlpy.optimizers.WarmupSchedulerFactory(warmup_steps=a.warmup)),
+            encoder_factory=d3rlpy.models.VectorEncoderFactory([128], exclude_last_activation=True),
+            observation_scaler=d3rlpy.preprocessing.StandardObservationScaler(),
+            reward_scaler=d3rlpy.preprocessing.MultiplyRewardScaler(0.001),
+            position_encoding_type=d3rlpy.PositionEncodingType.SIMPLE,
+        ).create(device=False)
+        t0 = time.perf_counter()
+        dt.fit(data, n_steps=a.steps, n_steps_per_epoch=a.steps, show_progress=False,
+               logger_adapter=d3rlpy.logging.NoopAdapterFactory(), save_interval=10**9)
+        train_s = time.perf_counter() - t0
+        policy = dt.as_stateful_wrapper(target_return=a.target_return)
+        returns, lengths, t1 = [], [], time.perf_counter()
+        for i in range(a.episodes):
+            policy.reset()
+            obs, _ = env.reset(seed=a.eval_seed + i)
+            reward, ret, n, done = 0.0, 0.0, 0, False
+            while not done:
+                obs, reward, term, trunc, _ = env.step(policy.predict(np.asarray(obs, np.float32), float(reward)))
+                ret, n, done = ret + float(reward), n + 1, term or trunc
+            returns.append(ret)
+            lengths.append(n)
+        act_ms = 1e3 * (time.perf_counter() - t1) / max(sum(lengths), 1)
+        norm = [float(minari.get_normalized_score(mds, np.asarray(r))) for r in returns]
+    print(json.dumps(dict(lib="d3rlpy", version=d3rlpy.__version__, dataset=a.dataset, seed=a.seed,
+                          steps=a.steps, train_s=train_s, train_step_s=train_s / a.steps,
+                          returns=returns, lengths=lengths, normalized_scores=norm,
+                          normalized_score=float(np.mean(norm)), act_ms_per_step=act_ms,
+                          target_return=a.target_return)), file=out, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -66,3 +66,10 @@ def test_none_is_a_mixer_name_and_null_for_optional_fields():
     cfg = config_for("lstm", overrides=["backbone.mixer=none", "target_kl=none"])
     assert cfg.backbone.mixer == "none" and cfg.target_kl is None
     assert config_for("lstm", overrides=["target_kl=0.02"]).target_kl == 0.02
+
+
+def test_decision_training_segment():
+    assert config_for("dt").train_segment == 40  # attention: 2K, the sliding window binds in training
+    assert config_for("dc").train_segment == 20 and config_for("dt", overrides=["segment=25"]).train_segment == 25
+    with pytest.raises(ConfigError, match="segment must be >= context"):
+        config_for("dt", overrides=["segment=10"])

@@ -184,8 +184,8 @@ def speed_table(py: Path) -> tuple[str, dict]:
                                    stdout=subprocess.PIPE, check=True, text=True, env=job_env()).stdout)
     ours = rl_seq_speed()
     a = ours["act_ms_per_step"]
-    rows = ["", "Speed, 1 thread, reference DT size (embed 128, 3 layers, batch 64, K=20 for training; "
-            "acting batch 1):",
+    rows = ["", "Speed, 1 thread, reference DT size (embed 128, 3 layers, K=20; training batches of 1,280 "
+            "steps as above; acting batch 1):",
             "", "| | HF DecisionTransformerModel | rl_seq dt | HF / rl_seq |", "|---|---|---|---|",
             f"| train step (s) | {hf['train_step_s']:.3f} | {ours['train_step_s']:.3f} | "
             f"{hf['train_step_s'] / ours['train_step_s']:.2f}x |"]

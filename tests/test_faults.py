@@ -1,6 +1,7 @@
 """Faults and bad input: each ends in one clear message (exit code 2 from the CLI) and loses
 nothing. (Issue #15's catalogue; more cases live in test_runs.py and test_data.py.)"""
 
+import json
 import os
 import signal
 import subprocess
@@ -204,3 +205,36 @@ def test_a_failed_checkpoint_write_leaves_the_old_one_and_no_temp_file(tmp_path,
     with pytest.raises(OSError, match="No space"):
         save_checkpoint(p, {"step": 2})
     assert load_checkpoint(p)["step"] == 1 and [f.name for f in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_online_resume_restores_normalisation_and_evaluations(tmp_path, monkeypatch):
+    """PPO: an interrupted run's checkpoint holds the observation/return statistics and the
+    last/best evaluations, and --resume takes them up (env internals restart from a reset)."""
+    from rl_seq.agents.ppo import PPOAgent, RunningMeanStd
+
+    out = tmp_path / "ppo"
+    argv = ["train", "lstm", "--env", "rl_seq/TMaze-v0", "--steps", "2048", "--out", str(out),
+            "--set", "env_kwargs.corridor_length=2", "--set", "n_envs=2", "--set", "n_steps=64",
+            "--set", "norm_obs=true", "--set", "norm_reward=true", "--set", "eval_every=256",
+            "--set", "eval_episodes=2", "--set", "checkpoint_every=0"]
+    real, calls = PPOAgent.collect, {"n": 0}
+
+    def collect(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(PPOAgent, "collect", collect)
+    assert main(argv) == 130
+    monkeypatch.setattr(PPOAgent, "collect", real)
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ck["step"] == 5 * 128 and abs(ck["obs_rms"]["count"] - 5 * 128) < 1e-3
+    assert ck["ret_rms"]["count"] > 0 and json.loads(ck["last"])["step"] == 512
+    loaded, real_load = [], RunningMeanStd.load
+    monkeypatch.setattr(RunningMeanStd, "load", lambda self, s: (loaded.append(s), real_load(self, s)))
+    assert main([*argv, "--resume"]) == 0
+    assert [s["count"] for s in loaded] == [ck["obs_rms"]["count"], ck["ret_rms"]["count"]]
+    steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+             if r["kind"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 2048  # continuous, nothing logged twice

@@ -15,6 +15,7 @@ over time steps.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -133,11 +134,20 @@ class RunningMeanStd:
         self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
 
     def update(self, x: np.ndarray) -> None:
+        if x.shape[0] == 0:  # no env contributed this step (its mean would be NaN)
+            return
         m, v, n = x.mean(0), x.var(0), x.shape[0]
         delta, tot = m - self.mean, self.count + n
         self.mean = self.mean + delta * n / tot
         self.var = (self.var * self.count + v * n + delta**2 * self.count * n / tot) / tot
         self.count = tot
+
+    def state(self) -> dict:
+        """Plain lists (checkpoints load with ``weights_only=True``)."""
+        return dict(mean=np.asarray(self.mean).tolist(), var=np.asarray(self.var).tolist(), count=float(self.count))
+
+    def load(self, s: dict) -> None:
+        self.mean, self.var, self.count = np.asarray(s["mean"]), np.asarray(s["var"]), s["count"]
 
 
 @dataclass
@@ -375,6 +385,10 @@ class PPOAgent(Agent):
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             set_rng_state(ck["rng"])
+            for rms, key in ((obs_rms, "obs_rms"), (ret_rms, "ret_rms")):
+                if rms is not None and key in ck:
+                    rms.load(ck[key])
+            best, last = json.loads(ck.get("best", "null")), json.loads(ck.get("last", "null"))
             update0 = ck["step"] // (N * T)
             run.truncate_metrics(ck["step"])
         carry = self.start_carry(venv, cfg.seed + 1000 * update0)
@@ -469,8 +483,10 @@ class PPOAgent(Agent):
                 every = cfg.checkpoint_every
                 ck_due = every and (step // every) != ((step - N * T) // every)
                 if run is not None and (ck_due or stop.requested):
-                    run.save_checkpoint(dict(model=model.state_dict(), optimizer=opt.state_dict(), step=step,
-                                             rng=rng_state()))
+                    run.save_checkpoint(dict(
+                        model=model.state_dict(), optimizer=opt.state_dict(), step=step, rng=rng_state(),
+                        best=json.dumps(best), last=json.dumps(last),
+                        **{k: r.state() for k, r in (("obs_rms", obs_rms), ("ret_rms", ret_rms)) if r is not None}))
                 if stop.requested:
                     raise KeyboardInterrupt
         venv.close()

@@ -83,7 +83,7 @@ def run_rl_seq(ds: str, seed: int, a, out: Path) -> dict:
     rep = json.loads((run / "eval.json").read_text())
     return dict(lib="rl_seq", dataset=ds, seed=seed, last=rep["last"]["normalized_score"],
                 best=rep["best"]["normalized_score"], mean_return=rep["last"]["mean_return"],
-                train_step_s=(time.perf_counter() - t0) / a.steps, raw=rep)
+                wall_s_per_step=(time.perf_counter() - t0) / a.steps, raw=rep)  # evaluations included
 
 
 def target_for(ds: str, a) -> float:

@@ -25,7 +25,6 @@ def create_dataset(dataset_id: str, buffers: list, **kwargs):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # minari asks for author/permalink
             minari.create_dataset_from_buffers(dataset_id, buffers, **kwargs)
-        _restore(old)
         for meta in tmp.rglob("namespace_metadata.json"):  # the namespaces' own files, if new
             dst = root / meta.relative_to(tmp)
             if not dst.exists():

@@ -219,7 +219,8 @@ def main() -> None:
     a = p.parse_args()
     a.rl_seq_set = [x for kv in a.rl_seq_set for x in ("--set", kv)]
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    py = None if a.report and not a.speed else peers_python(Path(a.peers_venv))
+    needs_peers = a.speed or (not a.report and "d3rlpy" in a.libs)
+    py = peers_python(Path(a.peers_venv)) if needs_peers else None
     jobs = [(lib, ds, s) for ds in a.datasets for s in a.seeds for lib in a.libs]
     with ThreadPoolExecutor(a.jobs) as pool:
         rows = [r for r in pool.map(lambda j: job(*j, a, py), jobs) if r is not None]

@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("rl-seq", description="Sequence-model RL agents: train, evaluate, "
                                 "make datasets, benchmark.", epilog=EPILOGS["main"], formatter_class=fmt)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     from rl_seq.agents import PRESETS, config_for
@@ -82,7 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="training steps (config: steps)")
     t.add_argument("--seed", type=int, help="seed for torch, numpy, sampler and envs (config: seed)")
     t.add_argument("--out", help="run folder (default runs/ALGO-DATASET-sSEED)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (written every checkpoint_every "
+                   "steps, on Ctrl-C/SIGTERM and at the end). Restored: weights, optimiser and schedule, the "
+                   "sampler, the torch/numpy/Python RNGs, the step, last/best evaluations and (online) the "
+                   "normalisation statistics and (fine-tuning) the critic and the episodes collected; offline "
+                   "runs continue bit for bit. Not restored: env internals - online envs restart with a fresh "
+                   "reset, so an episode in progress is lost. Metrics logged after the checkpoint are dropped")
     t.add_argument("--wandb", action="store_true", help="also log to wandb (offline by default)")
     t.add_argument("--download", action="store_true", help="download the dataset if not local")
     t.add_argument("--init", metavar="OFFLINE_RUN_DIR",
@@ -164,10 +171,6 @@ def cmd_train(a) -> int:
     import yaml
 
     from rl_seq.agents import PRESETS, config_for, make_agent
-    from rl_seq.agents.base import eval_seed
-    from rl_seq.config import to_dict
-    from rl_seq.plot import plot_runs
-    from rl_seq.runs import Run, seed_everything
 
     if a.algo not in PRESETS:
         config_for(a.algo)  # the helpful error
@@ -181,83 +184,58 @@ def cmd_train(a) -> int:
                        "(or train an offline algorithm on it: dt, dc, ds4, lram, qt)")
     if not online and not a.dataset:
         raise CLIError(f"{a.algo} trains offline: give --dataset ID (see `rl-seq datasets list`)")
+    cfg = config_for(a.algo, a.config, _overrides(a))
+    source = a.env if online else a.dataset
+    out = Path(a.out or f"runs/{a.algo}-{source.replace('/', '_')}-s{cfg.seed}")
+    if online:
+        agent = make_agent(a.algo, a.env, config=cfg)
+        print(f"run folder: {out}")
+        result = agent.learn(env=a.env, out=out, resume=a.resume)
+    else:
+        from rl_seq.data import load_episodes
+
+        episodes = load_episodes(a.dataset, download=a.download)
+        agent = make_agent(a.algo, dataset=episodes, config=cfg)
+        print(f"run folder: {out}")
+        result = agent.learn(dataset=episodes, env=a.env, out=out, resume=a.resume)
+    if result["last"] is not None:
+        _print_eval(result["last"], f"{a.algo} on {source}", result["best"], result["data"])
+    print(yaml.safe_dump({"run": str(out), "model": str(out / "model")}, sort_keys=False).strip())
+    return 0
+
+
+def _overrides(a) -> list[str]:
+    """--set plus the flags that are config keys."""
     overrides = list(a.set)
     for flag, key in ((a.steps, "steps"), (a.seed, "seed"), (a.backbone, "backbone.mixer")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
     if a.wandb:
         overrides.append("wandb=true")
-    cfg = config_for(a.algo, a.config, overrides)
-    source = a.env if online else a.dataset
-    out = Path(a.out or f"runs/{a.algo}-{source.replace('/', '_')}-s{cfg.seed}")
-    seed_everything(cfg.seed)
-    if online:
-        run = Run(out, dict(algo=a.algo, env=a.env, config=to_dict(cfg)), resume=a.resume, wandb=cfg.wandb,
-                  wandb_project=cfg.wandb_project)
-        agent = make_agent(a.algo, a.env, config=cfg)
-        print(f"run folder: {out}")
-        result = agent.learn(a.env, run=run, resume=a.resume)
-        data_row = None
-    else:
-        from rl_seq.data import load_episodes
-
-        episodes = load_episodes(a.dataset, download=a.download)
-        if a.env:
-            import gymnasium as gym
-
-            env = gym.make(a.env)
-            episodes.check_spaces(env.observation_space, env.action_space)
-            episodes.env_id, episodes.env_kwargs = a.env, {}
-        run = Run(out, dict(algo=a.algo, dataset=a.dataset, env=episodes.env_id, config=to_dict(cfg)),
-                  resume=a.resume, wandb=cfg.wandb, wandb_project=cfg.wandb_project)
-        agent = make_agent(a.algo, dataset=episodes, config=cfg)
-        print(f"run folder: {out}")
-        result = agent.learn(episodes, run=run, resume=a.resume)
-        data = episodes.summary()
-        data_row = dict(mean_return=data["mean_return"], std_return=float(episodes.episode_returns().std()),
-                        normalized_score=data.get("normalized_score"), episodes=data["episodes"], step="")
-    agent.save(out / "model")
-    targets = {}
-    for tr in agent.meta.get("target_returns", [])[1:]:
-        targets[str(tr)] = agent.evaluate(episodes=cfg.eval_episodes, seed=eval_seed(cfg.seed),
-                                          target_return=tr).to_dict()
-    report = dict(last=result["last"], best=result["best"], other_targets=targets,
-                  note="last = evaluation at the final step; best = the best periodic evaluation")
-    run.write_json("eval.json", report)
-    run.close()
-    if result["last"] is not None:
-        plot_runs([out], out / "plot.png")
-        _print_eval(result["last"], f"{a.algo} on {source}", result["best"], data_row)
-    print(yaml.safe_dump({"run": str(out), "model": str(out / "model")}, sort_keys=False).strip())
-    return 0
+    return overrides
 
 
 def _finetune(a) -> int:
     from rl_seq.agents import load_agent
     from rl_seq.agents.decision import DecisionAgent
     from rl_seq.agents.finetune import FinetuneConfig, finetune
-    from rl_seq.config import load_config, to_dict
-    from rl_seq.runs import Run, seed_everything
+    from rl_seq.config import load_config
 
     if not a.env:
         raise CLIError("online fine-tuning needs --env ENV_ID (the env the offline data came from)")
+    if a.backbone or a.config or a.dataset:
+        raise CLIError("--init fine-tunes a trained agent as it is: drop --backbone/--config/--dataset "
+                       "(--set takes fine-tuning keys: steps, lr_actor, noise, ...)")
     agent = load_agent(a.init)
     if not isinstance(agent, DecisionAgent):
         raise CLIError(f"--init takes a return-conditioned run (dt, dc, ds4, lram), not {agent.algo}")
-    overrides = list(a.set) + ([f"steps={a.steps}"] if a.steps else [])
-    cfg = load_config(FinetuneConfig, overrides=overrides)
-    seed = a.seed or 0
-    seed_everything(seed)
-    out = Path(a.out or f"{a.init.rstrip('/')}-finetune-s{seed}")
-    run = Run(out, dict(algo=f"{agent.algo}-finetune", env=a.env, init=str(a.init), config=to_dict(cfg)))
+    cfg = load_config(FinetuneConfig, overrides=_overrides(a))
+    out = Path(a.out or f"{a.init.rstrip('/')}-finetune-s{cfg.seed}")
     print(f"run folder: {out}")
-    res = finetune(agent, a.env, cfg, run, seed)
-    agent.save(out / "model")
-    run.write_json("eval.json", dict(before=res["before"], last=res["after"], best=res["best"],
-                                     note="before = the offline agent; last = after fine-tuning"))
-    run.close()
-    _print_eval(res["after"], f"{agent.algo} fine-tuned online in {a.env}", res["best"],
-                {**res["before"], "step": "before"})
+    res = finetune(agent, a.env, cfg, out, a.resume, init=str(a.init))
+    before = None if res["before"] is None else {**res["before"], "step": "before"}
+    if res["last"] is not None:
+        _print_eval(res["last"], f"{agent.algo} fine-tuned online in {a.env}", res["best"], before)
     return 0
 
 
@@ -280,20 +258,15 @@ def _print_eval(res: dict, title: str, best: dict | None = None, data: dict | No
 
 
 def cmd_eval(a) -> int:
-    from rl_seq.agents import load_agent
+    from rl_seq.agents import DecisionAgent, load_agent
 
     agent = load_agent(a.run_dir)
-    if a.acting:
-        if not hasattr(agent.config, "acting"):
-            raise CLIError(f"--acting applies to return-conditioned agents, not {agent.algo}")
-        agent.config.acting = a.acting
     kwargs = dict(episodes=a.episodes, seed=a.seed)
-    if a.target_return is not None:
-        from rl_seq.agents import DecisionAgent
-
-        if not isinstance(agent, DecisionAgent):
-            raise CLIError(f"--target-return applies to return-conditioned agents, not {agent.algo}")
-        kwargs["target_return"] = a.target_return
+    for flag, key in ((a.acting, "acting"), (a.target_return, "target_return")):
+        if flag is not None:
+            if not isinstance(agent, DecisionAgent):
+                raise CLIError(f"--{key.replace('_', '-')} applies to return-conditioned agents, not {agent.algo}")
+            kwargs[key] = flag
     res = agent.evaluate(a.env, **kwargs).to_dict()
     path = Path(a.run_dir) / "eval.json"
     report = json.loads(path.read_text()) if path.exists() else {}
@@ -413,14 +386,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.cmd](args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted (a training run saved its checkpoint: continue it with --resume)", file=sys.stderr)
         return 130
     except (CLIError, ConfigError, DatasetNotFoundError, CheckpointError, RunLockedError, FileExistsError,
-            FileNotFoundError, ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except gym.error.Error as e:  # an unregistered env id, a missing env dependency, ...
-        print(f"error: {e} (see `rl-seq list` for the built-in envs)", file=sys.stderr)
+            FileNotFoundError, NotADirectoryError, PermissionError, ValueError, TypeError, FloatingPointError,
+            gym.error.Error) as e:
+        if args.debug:
+            raise
+        hint = " (see `rl-seq list` for the built-in envs)" if isinstance(e, gym.error.Error) else ""
+        print(f"error: {e}{hint}", file=sys.stderr)
+        if not isinstance(e, CLIError | ConfigError):
+            print("(run with --debug to see the traceback)", file=sys.stderr)
         return 2
 
 

@@ -63,6 +63,24 @@ class TrainConfig:
             raise ConfigError(f"compile must be auto, on or off, got {self.compile!r}")
 
 
+@dataclass
+class OfflineConfig(TrainConfig):
+    """Fields every offline (dataset-trained) algorithm shares."""
+
+    batch_size: int = 64
+    """Windows per gradient step."""
+    lr: float = 1e-4
+    """AdamW learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay (matrices only)."""
+    max_timestep: int = 1000
+    """Size of the timestep table; later steps reuse the last entry."""
+    ref_min_score: float | None = None
+    """Overrides the dataset's reference score for 0 (random)."""
+    ref_max_score: float | None = None
+    """Overrides the dataset's reference score for 1 (expert)."""
+
+
 def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

@@ -174,6 +174,26 @@ class TrajectoryTokenizer(nn.Module):
             nn.init.normal_(self.time.weight, std=0.02)
         self.ln = nn.LayerNorm(d_model)
 
+    # -- observation normalisation (Box observations; statistics live in the embedding) -------
+    @property
+    def box_observations(self) -> bool:
+        """Observations are a (non-image) Box: float inputs, normalised by statistics."""
+        return "obs" in self.embed and self.embed["obs"].kind == "box"
+
+    def set_observation_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Normalise Box observations by ``mean``/``std`` (no-op for other spaces)."""
+        if self.box_observations:
+            self.embed["obs"].set_normalization(mean, std)
+
+    def normalize_observations(self, obs: Tensor) -> Tensor:
+        """Box obs [..., *obs_shape] -> [..., prod(obs_shape)], (obs - mean) / std as the
+        embedding sees them."""
+        if not self.box_observations:
+            raise TypeError("observation statistics apply to Box observations only")
+        e = self.embed["obs"]
+        x = obs.reshape(*obs.shape[:obs.dim() - len(e.space.shape)], -1)
+        return (x - e.mean) / e.std
+
     def slot_index(self, field: str) -> int:
         """Index of the slot holding ``field`` (``"obs"``, ``"rtg"``, ``"act_dim0"``...)."""
         for i, slot in enumerate(self.slots):

@@ -133,9 +133,9 @@ def test_sampler_short_episode_policies():
 
 def test_sampler_state_round_trip():
     s = SegmentSampler(make_eps([10, 30]), 4, seed=3)
-    st = s.get_state()
+    st = s.state_dict()
     a = s.sample(8)["obs"]
-    s.set_state(st)
+    s.load_state_dict(st)
     assert np.array_equal(a, s.sample(8)["obs"])
 
 

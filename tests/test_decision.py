@@ -158,8 +158,8 @@ def test_online_finetuning_runs_and_reports_before_and_after(tmp_path):
     agent.learn(DATA, steps=50)
     res = finetune(agent, "rl_seq/PointGoal-v0", FinetuneConfig(steps=300, start_steps=100, batch_size=8,
                                                                  eval_every=300, eval_episodes=3))
-    assert res["before"]["episodes"] == 3 and res["after"]["step"] == 300
-    assert np.isfinite(res["after"]["mean_return"])
+    assert res["before"]["episodes"] == 3 and res["before"]["step"] == 0 and res["last"]["step"] == 300
+    assert np.isfinite(res["last"]["mean_return"])
 
 
 @pytest.mark.parametrize("algo", ["dt", "dc", "ds4", "lram", "qt"])

@@ -230,9 +230,9 @@ def test_online_resume_restores_normalisation_and_evaluations(tmp_path, monkeypa
     monkeypatch.setattr(PPOAgent, "collect", real)
     ck = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ck["step"] == 5 * 128 and abs(ck["obs_rms"]["count"] - 5 * 128) < 1e-3
-    assert ck["ret_rms"]["count"] > 0 and json.loads(ck["last"])["step"] == 512
-    loaded, real_load = [], RunningMeanStd.load
-    monkeypatch.setattr(RunningMeanStd, "load", lambda self, s: (loaded.append(s), real_load(self, s)))
+    assert ck["ret_rms"]["count"] > 0 and json.loads(ck["evals"])["last"]["step"] == 512
+    loaded, real_load = [], RunningMeanStd.load_state_dict
+    monkeypatch.setattr(RunningMeanStd, "load_state_dict", lambda self, s: (loaded.append(s), real_load(self, s)))
     assert main([*argv, "--resume"]) == 0
     assert [s["count"] for s in loaded] == [ck["obs_rms"]["count"], ck["ret_rms"]["count"]]
     steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())

@@ -48,13 +48,16 @@ def config_for(name: str, path=None, overrides: list[str] | None = None, **field
     if name not in PRESETS:
         raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(PRESETS)}")
     cls, preset, _ = PRESETS[name]
-    cfg = load_config(cls.config_class, path, overrides, base=merge(preset, fields), expected_algo=name)
-    # a swapped mixer keeps only the preset mixer's options it accepts (relit --backbone linear
-    # keeps eta and gate_bias, drops r)
+    base = merge(preset, fields)
+    cfg = load_config(cls.config_class, path, overrides, base=base, expected_algo=name)
     pb = preset.get("backbone", {})
     if cfg.backbone.mixer != pb.get("mixer") and cfg.backbone.mixer_options == pb.get("mixer_options", {}):
+        # a swapped mixer keeps only the preset mixer's options it accepts (relit --backbone
+        # linear keeps eta and gate_bias, drops r): the config is built again from the filtered preset
         accepted = mixer_options(cfg.backbone.mixer)
-        cfg.backbone.mixer_options = {k: v for k, v in cfg.backbone.mixer_options.items() if k in accepted}
+        kept = {k: v for k, v in pb.get("mixer_options", {}).items() if k in accepted}
+        base = {**base, "backbone": {**base.get("backbone", {}), "mixer_options": kept}}
+        cfg = load_config(cls.config_class, path, overrides, base=base, expected_algo=name)
     return cfg
 
 
@@ -67,7 +70,9 @@ def make_agent(name: str, env_or_spaces: Any = None, *, dataset: Any = None,
 
     if config is None:
         config = config_for(name, **fields)
-    cls = PRESETS[name][0] if name in PRESETS else config_for(name)
+    if name not in PRESETS:
+        config_for(name)  # the helpful error
+    cls = PRESETS[name][0]
     if dataset is not None:
         eps = dataset if isinstance(dataset, Episodes) else load_episodes(dataset)
         obs_space, act_space = eps.observation_space, eps.action_space
@@ -78,9 +83,8 @@ def make_agent(name: str, env_or_spaces: Any = None, *, dataset: Any = None,
         obs_space, act_space = env.observation_space, env.action_space
     else:
         raise ValueError("make_agent needs an env, a pair of spaces or a dataset")
-    agent = cls(obs_space, act_space, config)
-    agent.algo = name
-    if dataset is not None and hasattr(agent, "setup_from_data"):
+    agent = cls(obs_space, act_space, config, algo=name)
+    if dataset is not None:
         agent.setup_from_data(eps)
     return agent
 

@@ -1,16 +1,15 @@
-"""What every agent shares: the SB3-style ``predict`` contract (input checks, single or
-batched observations), vectorised evaluation, save/load of ``{config, weights}``, and the
-offline training loop (checkpoints, resume, Ctrl-C, periodic evaluation, logging).
+"""What every agent shares: the interface (``learn``, the SB3-style ``predict`` contract with
+its input checks, ``evaluate``, ``save`` / ``load``) and what offline agents take from their
+data. Training itself runs on :mod:`rl_seq.engine`.
 
-An algorithm subclasses :class:`Agent` once (two levels at most) and supplies ``_build``,
-``_act`` and ``learn``.
+An algorithm subclasses :class:`Agent` once (two levels at most) and supplies ``_build``
+(the model), ``_act`` (one acting step) and ``_work`` (its training iteration for the engine).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,17 +23,12 @@ import yaml
 from minari.serialization import deserialize_space, serialize_space
 from safetensors.torch import load_file, save_file
 
-from rl_seq.config import TrainConfig, build, to_dict
-from rl_seq.data.episodes import flat_observation_space, spaces_match
-from rl_seq.runs import Run, progress, rng_state, seed_everything, set_rng_state, stop_on_interrupt
+from rl_seq.config import OfflineConfig, TrainConfig, build, to_dict
+from rl_seq.data.episodes import Episodes, flat_observation_space, spaces_match
+from rl_seq.engine import Work
+from rl_seq.runs import seed_everything
 
 log = logging.getLogger(__name__)
-
-
-def eval_seed(seed: int) -> int:
-    """Seed of the first evaluation episode for a run seeded ``seed`` (fixed per run, apart
-    from the training seeds)."""
-    return 10_000 + 100 * seed
 
 
 @dataclass
@@ -70,19 +64,23 @@ class EvalResult:
 
 class Agent:
     """Base of all agents. ``meta`` holds what the agent learnt from its data and must
-    save with its weights (reference scores, env id, target returns, ...)."""
+    save with its weights (reference scores, env id, target returns, ...). ``algo`` is the
+    registry name it saves under (``rl_seq.make_agent`` passes the preset's; the class
+    attribute is the default)."""
 
     algo: str = ""
     config_class: type = TrainConfig
     online: bool = False  # trained in an env (learn(env=...)) rather than on a dataset
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space,
-                 config: Any = None, meta: dict | None = None, **overrides) -> None:
+                 config: Any = None, meta: dict | None = None, algo: str | None = None, **overrides) -> None:
         if config is None:
             config = self.config_class()
         if overrides:
             config = build(self.config_class, {**to_dict(config), **overrides})
         self.config = config
+        self.algo = algo or type(self).algo
+        self.reward_feed = None  # set by wrap_env: rewards for loops that cannot pass them
         self.observation_space = flat_observation_space(observation_space)
         self.action_space = action_space
         self.meta = dict(meta or {})
@@ -119,20 +117,67 @@ class Agent:
         """obs [n, *obs_shape] on the device -> actions [n, ...] (numpy), new state."""
         raise NotImplementedError
 
-    def _adopt_data(self, episodes) -> None:
+    def _work(self, steps: int, dataset: Episodes | None, env: str | None) -> Work:
+        """The algorithm's training for the engine: ``steps`` in its unit, on ``dataset``
+        (offline; loaded, its env checked) or in ``env`` (online)."""
+        raise NotImplementedError
+
+    def setup_from_data(self, episodes: Episodes) -> None:
         """What every offline agent takes from its dataset: a space check, the eval env,
         the reference scores (config overrides win) and the observation statistics."""
         cfg = self.config
         episodes.check_spaces(self.observation_space, self.action_space)
         episodes.check_actions()
-        ref_min, ref_max = getattr(cfg, "ref_min_score", None), getattr(cfg, "ref_max_score", None)
+        ref_min, ref_max = (cfg.ref_min_score, cfg.ref_max_score) if isinstance(cfg, OfflineConfig) else (None, None)
         self.meta.update(
             env_id=episodes.env_id, env_kwargs=episodes.env_kwargs, dataset_id=episodes.dataset_id,
             ref_min_score=ref_min if ref_min is not None else episodes.ref_min_score,
             ref_max_score=ref_max if ref_max is not None else episodes.ref_max_score)
-        emb = self.model.backbone.tokenizer.embed["obs"]
-        if emb.kind == "box":
-            emb.set_normalization(*episodes.observation_stats())
+        self.model.backbone.tokenizer.set_observation_stats(*episodes.observation_stats())
+
+    def final_evaluations(self) -> dict:
+        """Evaluations a finished run adds to its ``eval.json`` beyond last and best."""
+        return {}
+
+    # -- training (one interface; the loop is rl_seq.engine) ---------------------------
+    def learn(self, source: Any = None, steps: int | None = None, *, dataset: Any = None, env: str | None = None,
+              out: str | Path | None = None, resume: bool = False) -> dict:
+        """Train for ``steps`` (default ``config.steps``): gradient steps on ``dataset`` for
+        offline agents (a Minari id or :class:`Episodes`; ``env``: evaluate in this env id
+        instead of the dataset's), env steps in ``env`` (a Gymnasium id) for online agents.
+        ``source`` is either, positionally. With ``out`` the run is a run folder (metrics,
+        checkpoints, final model, ``eval.json``, plot); ``resume`` continues it from its
+        checkpoint. Returns ``last``/``best`` evaluations (dicts), ``step``, ``train``
+        (the last logged metrics), ``data`` (the dataset's summary) and ``run``."""
+        from rl_seq import engine
+        from rl_seq.data import load_episodes
+
+        if self.online:
+            env = env if env is not None else source
+            if dataset is not None:
+                raise ValueError(f"{self.algo} trains online in an env and reads no dataset; drop the dataset "
+                                 "(or train an offline algorithm on it: dt, dc, ds4, lram, qt)")
+            if not isinstance(env, str):
+                raise TypeError(f"{self.algo} trains online: pass a Gymnasium env id, not {type(env).__name__}")
+            data = None
+        else:
+            dataset = dataset if dataset is not None else source
+            if dataset is None:
+                raise ValueError(f"{self.algo} trains offline: pass a dataset (a Minari id or Episodes)")
+            data = dataset if isinstance(dataset, Episodes) else load_episodes(dataset)
+            if env is not None:
+                with gym.make(env) as e:
+                    data.check_spaces(e.observation_space, e.action_space)
+        return engine.train(self, self._work(steps or self.config.steps, data, env), out, resume)
+
+    def _data_info(self, episodes: Episodes, env: str | None) -> dict:
+        """An offline run's ``Work.info``: its dataset, eval env and the data's summary row."""
+        if env is not None:  # evaluate in this env rather than the dataset's
+            self.meta.update(env_id=env, env_kwargs={})
+        s = episodes.summary()
+        row = dict(mean_return=s["mean_return"], std_return=float(episodes.episode_returns().std()),
+                   normalized_score=s.get("normalized_score"), episodes=s["episodes"], step="")
+        return dict(dataset=episodes.dataset_id, env=self.meta.get("env_id"), data=row)
 
     # -- SB3's predict contract ---------------------------------------------------------
     def predict(self, observation, state: Any = None, episode_start: np.ndarray | None = None,
@@ -194,36 +239,56 @@ class Agent:
                 raise ValueError(f"{name}'s {what} space {theirs} does not match the agent's {mine}; "
                                  "evaluate in the env the agent was trained for")
 
-    def evaluate(self, env: str | gym.vector.VectorEnv | None = None, episodes: int = 10,
+    def evaluate(self, env: str | gym.Env | gym.vector.VectorEnv | None = None, episodes: int = 10,
                  seed: int = 10_000, deterministic: bool = True) -> EvalResult:
-        """Run ``episodes`` episodes in parallel (one per sub-env, seeds seed..seed+N-1) and
-        return their returns, lengths, normalised score and wall time."""
+        """Run ``episodes`` episodes, episode i from env seed ``seed + i``, and return their
+        returns, lengths, normalised score and wall time. ``env``: an env id (default: the
+        training data's env; all episodes at once, one sub-env each), a ``gymnasium.Env``
+        (one episode after another) or a ``gymnasium.vector.VectorEnv`` (as many at once as
+        it has sub-envs). The same seeds give the same episodes whichever is used."""
         if episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {episodes}")
-        own = not isinstance(env, gym.vector.VectorEnv)
-        venv = self.make_env(env, episodes) if own else env
+        if isinstance(env, gym.vector.VectorEnv):
+            venv, own = env, False
+            self.check_env(venv.single_observation_space, venv.single_action_space, "the vector env")
+        elif isinstance(env, gym.Env):
+            self.check_env(env.observation_space, env.action_space, str(env.spec.id if env.spec else "env"))
+            venv, own = gym.vector.SyncVectorEnv([lambda: env]), False  # not closed: the env is the caller's
+        else:
+            venv, own = self.make_env(env, episodes), True
+        n, t0 = venv.num_envs, time.time()
+        returns, lengths = [], []
+        try:
+            for first in range(0, episodes, n):  # waves of n episodes
+                k = min(n, episodes - first)
+                ret, length = self._episodes(venv, [seed + first + i for i in range(n)], k, deterministic)
+                returns += ret
+                lengths += length
+        finally:
+            if own:
+                venv.close()
+        ret = np.asarray(returns)
+        ref = (self.meta.get("ref_min_score"), self.meta.get("ref_max_score"))
+        ns = None if None in ref else ((ret - ref[0]) / (ref[1] - ref[0])).tolist()
+        return EvalResult(returns, lengths, time.time() - t0, ns, self.meta.get("target_return"))
+
+    def _episodes(self, venv: gym.vector.VectorEnv, seeds: list[int], k: int,
+                  deterministic: bool) -> tuple[list[float], list[int]]:
+        """One episode in each of the first ``k`` sub-envs (reset with ``seeds``)."""
         n = venv.num_envs
-        if n < episodes:
-            raise ValueError(f"the vector env has {n} sub-envs; it needs one per episode ({episodes})")
-        t0 = time.time()
-        obs, _ = venv.reset(seed=[seed + i for i in range(n)])
+        obs, _ = venv.reset(seed=seeds)
         state, start = None, np.ones(n, bool)
         rewards = np.zeros(n)
         ret, length = np.zeros(n), np.zeros(n, int)
         done = np.zeros(n, bool)
-        while not done[:episodes].all():
+        while not done[:k].all():
             act, state = self.predict(obs, state, start, deterministic, rewards=rewards)
             obs, rewards, term, trunc, _ = venv.step(act)
             ret += rewards * ~done
             length += ~done
             done |= term | trunc
             start = np.zeros(n, bool)  # finished envs autoreset; their steps are ignored
-        if own:
-            venv.close()
-        ref = (self.meta.get("ref_min_score"), self.meta.get("ref_max_score"))
-        ns = None if None in ref else ((ret[:episodes] - ref[0]) / (ref[1] - ref[0])).tolist()
-        return EvalResult(ret[:episodes].tolist(), length[:episodes].tolist(), time.time() - t0,
-                          ns, self.meta.get("target_return"))
+        return ret[:k].tolist(), length[:k].tolist()
 
     # -- save / load -----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -254,13 +319,12 @@ class Agent:
         klass = ALGOS[doc["algo"]]
         agent = klass(deserialize_space(json.dumps(doc["observation_space"])),
                       deserialize_space(json.dumps(doc["action_space"])),
-                      build(klass.config_class, doc["config"]), doc.get("meta"))
+                      build(klass.config_class, doc["config"]), doc.get("meta"), algo=doc["algo"])
         try:
             state = load_file(str(weights))
         except Exception as e:  # safetensors raises its own error types
             raise ValueError(f"{weights} is corrupt or truncated ({e}); re-save the agent") from None
         agent.model.load_state_dict(state)
-        agent.algo = doc["algo"]
         return agent
 
     # -- SB3 loops that cannot pass rewards ------------------------------------------------
@@ -273,7 +337,7 @@ class Agent:
         return wrap_env(self, env)
 
 
-# -- the offline training loop, shared by the offline algorithms ---------------------------
+# -- what the offline algorithms' optimisers share ---------------------------------------
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices only (not biases, norms, embeddings' vectors)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
@@ -283,87 +347,3 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def warmup(steps: int) -> Callable[[int], float]:
     return lambda s: min(1.0, (s + 1) / max(1, steps))
-
-
-def train_offline(agent: Agent, sampler, update: Callable[[dict], dict], optimizer, scheduler,
-                  run: Run | None, steps: int, resume: bool = False, extra_state: dict | None = None) -> dict:
-    """Run ``update(batch) -> metrics`` for ``steps`` steps with checkpoints, resume,
-    Ctrl-C safety, periodic evaluation (in the data's env, when it names one) and logging.
-    Returns ``{"last": ..., "best": ...}`` evaluations (dicts), the final ``step`` and the
-    last step's training metrics (``train``)."""
-    cfg = agent.config
-    evaluate = None
-    if agent.meta.get("env_id") and cfg.eval_episodes > 0:
-        def evaluate() -> EvalResult:
-            return agent.evaluate(episodes=cfg.eval_episodes, seed=eval_seed(cfg.seed))
-    start, best, last = 0, None, None
-    extra_state = extra_state or {}
-
-    def checkpoint(step: int) -> None:
-        if run is None:
-            return
-        run.save_checkpoint(dict(
-            model=agent.model.state_dict(), optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(), step=step, sampler=sampler.get_state(),
-            rng=rng_state(), best=json.dumps(best), last=json.dumps(last),
-            extra={k: v.state_dict() for k, v in extra_state.items()}))
-
-    if resume and run is not None and run.ckpt_path.exists():
-        ck = run.load_checkpoint()
-        agent.model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        sampler.set_state(ck["sampler"])
-        set_rng_state(ck["rng"])
-        for k, v in extra_state.items():
-            v.load_state_dict(ck["extra"][k])
-        start, best, last = ck["step"], json.loads(ck["best"]), json.loads(ck["last"])
-        run.truncate_metrics(start)
-        log.info("resumed from step %d", start)
-
-    def do_eval(step: int) -> None:
-        nonlocal best, last
-        res = evaluate().to_dict()
-        res["step"] = step
-        last = res
-        key = "normalized_score" if res["normalized_score"] is not None else "mean_return"
-        if best is None or res[key] > best[key]:
-            best = res
-        if run is not None:
-            run.log(step, "eval", {k: v for k, v in res.items() if k not in ("returns", "lengths")})
-
-    agent.model.train()
-    bar, task = progress(steps, f"{agent.algo} training", start)
-    step, t0 = start, time.time()
-    every = max(1, (steps - start) // 10)  # without a terminal: a log line every 10%
-    with stop_on_interrupt() as stop, bar:
-        for step in range(start + 1, steps + 1):
-            batch = sampler.sample(agent.config.batch_size)
-            metrics = update(batch)
-            if step % cfg.log_every == 0 or step == steps:
-                metrics["lr"] = scheduler.get_last_lr()[0]
-                if not all(math.isfinite(v) for v in metrics.values()):
-                    raise FloatingPointError(
-                        f"non-finite training metrics at step {step}: {metrics}; lower the "
-                        "learning rate or check the data for extreme values")
-                if run is not None:
-                    run.log(step, "train", metrics)
-                bar.update(task, info=" ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "lr"))
-            if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
-                do_eval(step)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                checkpoint(step)
-            bar.update(task, completed=step)
-            if not bar.console.is_terminal and ((step - start) % every == 0 or step == steps):
-                rate = (step - start) / max(time.time() - t0, 1e-9)
-                ev = "" if last is None else f", last eval {last.get('normalized_score') or last['mean_return']:.3f}"
-                log.info("%s: step %d/%d, %.1f steps/s, loss %.4g%s", agent.algo, step, steps, rate,
-                         metrics.get("loss", float("nan")), ev)
-            if stop.requested:
-                checkpoint(step)
-                log.warning("interrupted: checkpoint saved at step %d; continue with --resume", step)
-                raise KeyboardInterrupt
-    if evaluate is not None and (last is None or last.get("step") != steps):
-        do_eval(steps)
-    checkpoint(steps)
-    return dict(last=last, best=best, step=steps, train=metrics if steps > start else None)

@@ -22,6 +22,7 @@ The return-to-go starts at the target return and drops by each reward, which rea
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -31,16 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rl_seq.agents.base import Agent, EvalResult, param_groups, train_offline, warmup
-from rl_seq.config import ConfigError, TrainConfig
-from rl_seq.data import Episodes, SegmentSampler, load_episodes
+from rl_seq.agents.base import Agent, EvalResult, param_groups, warmup
+from rl_seq.config import ConfigError, OfflineConfig
+from rl_seq.data import Episodes, SegmentSampler
+from rl_seq.engine import Work, eval_seed
 from rl_seq.nets import Backbone, BackboneConfig, CategoricalHead, TanhHead
-from rl_seq.runs import Run
 from rl_seq.tokenizer import TrajectoryTokenizer
 
 
 @dataclass
-class DecisionConfig(TrainConfig):
+class DecisionConfig(OfflineConfig):
     """Return-conditioned sequence BC. Defaults: the reference Decision Transformer recipe."""
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -51,12 +52,6 @@ class DecisionConfig(TrainConfig):
     segment: int | None = None
     """Timesteps per training window (>= K). None: 2K with attention, whose sliding window then
     binds in training as it does in cached acting (see the module docstring); K otherwise."""
-    batch_size: int = 64
-    """Windows per gradient step."""
-    lr: float = 1e-4
-    """AdamW learning rate."""
-    weight_decay: float = 1e-4
-    """AdamW weight decay (matrices only)."""
     warmup_steps: int = 10_000
     """Linear learning-rate warm-up."""
     grad_clip: float = 0.25
@@ -67,16 +62,10 @@ class DecisionConfig(TrainConfig):
     target_returns: list[float] | None = None
     """Returns to condition on when acting, first = the one used in training-time
     evaluations; None = the best episode return in the data."""
-    max_timestep: int = 1000
-    """Size of the timestep table; later steps reuse the last entry."""
     acting: str = "cached"
     """``cached`` (step state, constant cost) or ``window`` (recompute the last K steps)."""
     short_episodes: str = "pad"
     """Episodes shorter than K: ``pad``, ``drop`` or ``error``."""
-    ref_min_score: float | None = None
-    """Overrides the dataset's reference score for 0 (random)."""
-    ref_max_score: float | None = None
-    """Overrides the dataset's reference score for 1 (expert)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -102,7 +91,11 @@ class DecisionModel(nn.Module):
         super().__init__()
         D = cfg.backbone.d_model
         tok = TrajectoryTokenizer(obs_space, act_space, D, "rtg,obs,act", cfg.max_timestep)
-        self.backbone = Backbone(tok, cfg.backbone)
+        bb = cfg.backbone
+        if bb.mixer == "attention" and "window" not in bb.mixer_options:
+            # s_t sees R_{t-K+1} .. s_t: what the last state of a K-step training window sees
+            bb = dataclasses.replace(bb, mixer_options={**bb.mixer_options, "window": 3 * cfg.context - 1})
+        self.backbone = Backbone(tok, bb)
         self.discrete = isinstance(act_space, gym.spaces.Discrete)
         self.head = CategoricalHead(D, int(act_space.n)) if self.discrete else TanhHead(D, act_space)
         self.register_buffer("return_scale", torch.ones(()))
@@ -130,14 +123,12 @@ class DecisionState:
 
 
 class DecisionAgent(Agent):
+    algo = "dt"
     config_class = DecisionConfig
 
     def _build(self) -> nn.Module:
-        cfg = self.config
-        if cfg.backbone.mixer == "attention" and "window" not in cfg.backbone.mixer_options:
-            # s_t sees R_{t-K+1} .. s_t: what the last state of a K-step training window sees
-            cfg.backbone.mixer_options = {**cfg.backbone.mixer_options, "window": 3 * cfg.context - 1}
-        model = DecisionModel(self.observation_space, self.action_space, cfg)
+        self.acting = self.config.acting  # the acting mode; evaluate(acting=...) switches it for one call
+        model = DecisionModel(self.observation_space, self.action_space, self.config)
         if "return_scale" in self.meta:
             model.return_scale.fill_(self.meta["return_scale"])
         return model
@@ -146,7 +137,7 @@ class DecisionAgent(Agent):
     def setup_from_data(self, episodes: Episodes) -> None:
         """Observation statistics, return scale, target returns and reference scores."""
         cfg = self.config
-        self._adopt_data(episodes)
+        super().setup_from_data(episodes)
         returns = episodes.episode_returns()
         scale = cfg.return_scale or float(np.abs(returns).max()) or 1.0
         targets = cfg.target_returns or [float(returns.max())]
@@ -155,23 +146,17 @@ class DecisionAgent(Agent):
         self.model.return_scale.fill_(scale)
 
     # -- training -------------------------------------------------------------------------
-    def learn(self, dataset: str | Episodes, steps: int | None = None, run_dir=None,
-              resume: bool = False, run: Run | None = None) -> dict:
-        """Train on a dataset (id or Episodes). Returns ``{"last", "best"}`` evaluations."""
+    def _work(self, steps: int, dataset: Episodes, env: str | None) -> Work:
         cfg = self.config
-        steps = steps or cfg.steps
-        episodes = load_episodes(dataset) if isinstance(dataset, str) else dataset
-        self.setup_from_data(episodes)
-        sampler = SegmentSampler(episodes, cfg.train_segment, seed=cfg.seed,
-                                 short_episodes=cfg.short_episodes)
+        self.setup_from_data(dataset)
+        info = self._data_info(dataset, env)
+        sampler = SegmentSampler(dataset, cfg.train_segment, seed=cfg.seed, short_episodes=cfg.short_episodes)
         opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps))
-        if run is None and run_dir is not None:
-            run = Run(run_dir, {"algo": self.algo, "dataset": episodes.dataset_id}, resume)
         dev, model = self.device, self.training_model()
 
-        def update(batch: dict) -> dict:
-            b = {k: torch.as_tensor(v, device=dev) for k, v in batch.items()}
+        def iterate(step: int) -> tuple[int, dict]:
+            b = {k: torch.as_tensor(v, device=dev) for k, v in sampler.sample(cfg.batch_size).items()}
             obs = b["obs"].float() if b["obs"].is_floating_point() else b["obs"]
             fields = self.model.fields(obs, b["act"], b["rtg"], b["timestep"])
             with self.autocast():
@@ -186,16 +171,28 @@ class DecisionAgent(Agent):
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             opt.step()
+            lr = sched.get_last_lr()[0]
             sched.step()
-            return {"loss": loss.item(), "grad_norm": gnorm.item()}
+            return 1, {"loss": loss.item(), "grad_norm": gnorm.item(), "lr": lr}
 
-        return train_offline(self, sampler, update, opt, sched, run, steps, resume)
+        return Work(iterate, steps, dict(optimizer=opt, scheduler=sched, sampler=sampler), info)
 
-    def evaluate(self, env=None, episodes: int = 10, seed: int = 10_000,
-                 deterministic: bool = True, target_return: float | None = None) -> EvalResult:
+    def final_evaluations(self) -> dict:
+        """The evaluations at the config's other target returns (``other_targets``)."""
+        cfg = self.config
+        return {"other_targets": {str(tr): self.evaluate(episodes=cfg.eval_episodes, seed=eval_seed(cfg.seed),
+                                                         target_return=tr).to_dict()
+                                  for tr in self.meta.get("target_returns", [])[1:]}}
+
+    def evaluate(self, env=None, episodes: int = 10, seed: int = 10_000, deterministic: bool = True,
+                 target_return: float | None = None, acting: str | None = None) -> EvalResult:
         """As :meth:`Agent.evaluate`, conditioned on ``target_return`` (default: the
-        first of the config's target returns)."""
-        old = self.meta.get("target_return")
+        first of the config's target returns), acting ``cached`` or ``window`` (default:
+        the config's)."""
+        if acting not in (None, "cached", "window"):
+            raise ValueError(f"acting must be 'cached' or 'window', got {acting!r}")
+        old, old_acting = self.meta.get("target_return"), self.acting
+        self.acting = acting or old_acting
         if target_return is not None and not math.isfinite(target_return):
             raise ValueError(f"the target return must be a finite number, got {target_return}; "
                              f"e.g. the data's best return, {self.meta.get('target_returns', ['?'])[0]}")
@@ -204,7 +201,7 @@ class DecisionAgent(Agent):
         try:
             return super().evaluate(env, episodes, seed, deterministic)
         finally:
-            self.meta["target_return"] = old
+            self.meta["target_return"], self.acting = old, old_acting
 
     # -- acting -----------------------------------------------------------------------------
     def _act(self, obs, state: DecisionState | None, episode_start, rewards, deterministic):
@@ -216,7 +213,7 @@ class DecisionAgent(Agent):
             act0 = torch.zeros((n, *self.action_space.shape), device=self.device,
                                dtype=torch.long if self.model.discrete else torch.float32)
             state = DecisionState(rtg=np.full(n, target, np.float64), t=np.zeros(n, np.int64),
-                                  prev_action=act0, feed=getattr(self, "reward_feed", None))
+                                  prev_action=act0, feed=self.reward_feed)
             episode_start = np.ones(n, bool)
         if rewards is None and state.feed is not None:
             rewards = state.feed.pop()
@@ -231,7 +228,7 @@ class DecisionAgent(Agent):
             state.t = np.where(cont, state.t + 1, 0)
         else:
             state.rtg[:], state.t[:] = target, 0
-        if self.config.acting == "window":
+        if self.acting == "window":
             h = self._window_features(obs, state, episode_start)
         else:
             h = self._cached_features(obs, state, episode_start)

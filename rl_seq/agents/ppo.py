@@ -15,7 +15,6 @@ over time steps.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
@@ -24,10 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rl_seq.agents.base import Agent, eval_seed
+from rl_seq.agents.base import Agent
 from rl_seq.config import ConfigError, TrainConfig
+from rl_seq.engine import Work
 from rl_seq.nets import Backbone, BackboneConfig, CategoricalHead, GaussianHead, ValueHead
-from rl_seq.runs import Run, progress, rng_state, set_rng_state, stop_on_interrupt
 from rl_seq.tokenizer import TrajectoryTokenizer
 
 
@@ -142,11 +141,11 @@ class RunningMeanStd:
         self.var = (self.var * self.count + v * n + delta**2 * self.count * n / tot) / tot
         self.count = tot
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         """Plain lists (checkpoints load with ``weights_only=True``)."""
         return dict(mean=np.asarray(self.mean).tolist(), var=np.asarray(self.var).tolist(), count=float(self.count))
 
-    def load(self, s: dict) -> None:
+    def load_state_dict(self, s: dict) -> None:
         self.mean, self.var, self.count = np.asarray(s["mean"]), np.asarray(s["var"]), s["count"]
 
 
@@ -235,6 +234,7 @@ def gae(rewards, values, next_value, term, trunc, gamma: float, lam: float):
 
 
 class PPOAgent(Agent):
+    algo = "lstm"
     config_class = PPOConfig
     online = True
 
@@ -260,7 +260,7 @@ class PPOAgent(Agent):
         if state is None:
             state = PPOState(self.model.backbone.init_state(n, dev), self._zero_actions(n),
                              torch.zeros(n, device=dev), torch.zeros(n, dtype=torch.long, device=dev),
-                             getattr(self, "reward_feed", None))
+                             self.reward_feed)
             start = torch.ones(n, dtype=torch.bool, device=dev)
         if rewards is None and state.feed is not None:
             rewards = state.feed.pop()
@@ -300,7 +300,7 @@ class PPOAgent(Agent):
 
     def _obs_tensor(self, obs) -> Tensor:
         o = torch.as_tensor(obs, device=self.device)
-        return o.float() if self.model.backbone.tokenizer.embed["obs"].kind == "box" else o
+        return o.float() if self.model.backbone.tokenizer.box_observations else o
 
     def start_carry(self, venv: gym.vector.VectorEnv, seed: int) -> Carry:
         N = venv.num_envs
@@ -363,13 +363,10 @@ class PPOAgent(Agent):
         ro.next_value = model.critic(h[:, 0])  # a final observation's value if an episode just ended
         return ro
 
-    def learn(self, env: str, steps: int | None = None, run_dir=None, resume: bool = False,
-              run: Run | None = None) -> dict:
-        """Train online in ``env`` (a Gymnasium id) for ``steps`` environment steps."""
+    def _work(self, steps: int, dataset: None, env: str) -> Work:
+        """Collect ``n_steps`` in each of ``n_envs`` envs, then ``n_epochs`` passes of PPO
+        over the rollout's sequences: one engine iteration, ``n_envs * n_steps`` env steps."""
         cfg, dev, model = self.config, self.device, self.model
-        if not isinstance(env, str):
-            raise TypeError(f"{self.algo or 'PPO'} trains online: pass a Gymnasium env id, not {type(env).__name__}")
-        steps = steps or cfg.steps
         self.meta.update(env_id=env, env_kwargs=cfg.env_kwargs)
         venv = self.make_train_env(env)
         N, T, L = cfg.n_envs, cfg.n_steps, cfg.seq_len
@@ -377,128 +374,93 @@ class PPOAgent(Agent):
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-5)
         obs_rms = RunningMeanStd(self.observation_space.shape) if cfg.norm_obs else None
         ret_rms = RunningMeanStd() if cfg.norm_reward else None
-        if run is None and run_dir is not None:
-            run = Run(run_dir, {"algo": self.algo, "env": env}, resume)
-        update0, best, last = 0, None, None
-        if resume and run is not None and run.ckpt_path.exists():
-            ck = run.load_checkpoint()
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            set_rng_state(ck["rng"])
-            for rms, key in ((obs_rms, "obs_rms"), (ret_rms, "ret_rms")):
-                if rms is not None and key in ck:
-                    rms.load(ck[key])
-            best, last = json.loads(ck.get("best", "null")), json.loads(ck.get("last", "null"))
-            update0 = ck["step"] // (N * T)
-            run.truncate_metrics(ck["step"])
-        carry = self.start_carry(venv, cfg.seed + 1000 * update0)
-        bar, task = progress(n_updates * N * T, f"{self.algo} training", update0 * N * T)
-        t_start = time.time()
-        with stop_on_interrupt() as stop, bar:
-            for update in range(update0 + 1, n_updates + 1):
-                if cfg.anneal_lr:
-                    opt.param_groups[0]["lr"] = cfg.lr * (1 - (update - 1) / n_updates)
-                if obs_rms is not None and model.backbone.tokenizer.embed["obs"].kind == "box":
-                    model.backbone.tokenizer.embed["obs"].set_normalization(obs_rms.mean, np.sqrt(obs_rms.var))
-                ro = self.collect(venv, carry, T, L, obs_rms, ret_rms)
-                adv = gae(ro.rew, ro.val, ro.next_value, ro.term, ro.trunc, cfg.gamma, cfg.gae_lambda)
-                ret = adv + ro.val
+        tok = model.backbone.tokenizer
+        carry, t_start, step0 = None, 0.0, 0
 
-                def seqs(x: Tensor) -> Tensor:  # [T, N, ...] -> [S = (T/L)·N, L, ...]
-                    return x.view(T // L, L, N, *x.shape[2:]).transpose(1, 2).reshape(T // L * N, L, *x.shape[2:])
+        def iterate(step: int) -> tuple[int, dict]:
+            nonlocal carry, t_start, step0
+            update = step // (N * T) + 1
+            if carry is None:  # the first iteration, also after a resume: the envs start afresh
+                carry, t_start, step0 = self.start_carry(venv, cfg.seed + 1000 * (update - 1)), time.time(), step
+            if cfg.anneal_lr:
+                opt.param_groups[0]["lr"] = cfg.lr * (1 - (update - 1) / n_updates)
+            if obs_rms is not None and tok.box_observations:
+                tok.set_observation_stats(obs_rms.mean, np.sqrt(obs_rms.var))
+            ro = self.collect(venv, carry, T, L, obs_rms, ret_rms)
+            adv = gae(ro.rew, ro.val, ro.next_value, ro.term, ro.trunc, cfg.gamma, cfg.gae_lambda)
+            ret = adv + ro.val
 
-                b_obs, b_pa, b_pr, b_start = seqs(ro.obs), seqs(ro.prev_act), seqs(ro.prev_rew), seqs(ro.start)
-                b_ts = seqs(ro.timestep)
-                b_act, b_logp, b_val = seqs(ro.act), seqs(ro.logp), seqs(ro.val)
-                b_adv, b_ret, b_valid = seqs(adv), seqs(ret), seqs(ro.valid)
-                stored = ro.stored
-                if cfg.start_states == "recomputed":
-                    stored, s = [], ro.init_state
+            def seqs(x: Tensor) -> Tensor:  # [T, N, ...] -> [S = (T/L)·N, L, ...]
+                return x.view(T // L, L, N, *x.shape[2:]).transpose(1, 2).reshape(T // L * N, L, *x.shape[2:])
+
+            b_obs, b_pa, b_pr, b_start = seqs(ro.obs), seqs(ro.prev_act), seqs(ro.prev_rew), seqs(ro.start)
+            b_ts = seqs(ro.timestep)
+            b_act, b_logp, b_val = seqs(ro.act), seqs(ro.logp), seqs(ro.val)
+            b_adv, b_ret, b_valid = seqs(adv), seqs(ret), seqs(ro.valid)
+            stored = ro.stored
+            if cfg.start_states == "recomputed":
+                stored, s = [], ro.init_state
+                with torch.no_grad():
+                    for k in range(T // L):
+                        stored.append(s)
+                        rows = slice(k * N, (k + 1) * N)
+                        _, s = model.backbone(self._fields(b_obs[rows], b_pa[rows], b_pr[rows], b_ts[rows]), s,
+                                              b_start[rows])
+            b_state = tree_stack(stored)
+            # ---- update: minibatches of whole sequences through the parallel forward ----
+            model.train()
+            S = b_obs.shape[0]
+            mb = S // cfg.n_minibatches
+            clipfracs, stats = [], {}
+            for _epoch in range(cfg.n_epochs):
+                perm = torch.randperm(S, device=dev)
+                for k in range(cfg.n_minibatches):
+                    idx = perm[k * mb:(k + 1) * mb]
+                    h, _ = model.backbone(self._fields(b_obs[idx], b_pa[idx], b_pr[idx], b_ts[idx]),
+                                          tree_index(b_state, idx), b_start[idx])
+                    _, logp, ent, value = model.heads(h, b_act[idx])
+                    m = b_valid[idx].float()
+                    msum = m.sum().clamp_min(1)
+                    a = b_adv[idx]
+                    if cfg.norm_adv:
+                        mean = (a * m).sum() / msum
+                        a = (a - mean) / ((((a - mean) ** 2 * m).sum() / msum).sqrt() + 1e-8)
+                    ratio = (logp - b_logp[idx]).exp()
+                    pg = torch.maximum(-a * ratio, -a * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef))
+                    pg_loss = (pg * m).sum() / msum
+                    v = (value - b_ret[idx]) ** 2
+                    if cfg.clip_vloss:
+                        v_clip = b_val[idx] + (value - b_val[idx]).clamp(-cfg.clip_coef, cfg.clip_coef)
+                        v = torch.maximum(v, (v_clip - b_ret[idx]) ** 2)
+                    v_loss = 0.5 * (v * m).sum() / msum
+                    ent_loss = (ent * m).sum() / msum
+                    loss = pg_loss - cfg.ent_coef * ent_loss + cfg.vf_coef * v_loss
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    opt.step()
                     with torch.no_grad():
-                        for k in range(T // L):
-                            stored.append(s)
-                            rows = slice(k * N, (k + 1) * N)
-                            _, s = model.backbone(self._fields(b_obs[rows], b_pa[rows], b_pr[rows], b_ts[rows]), s,
-                                                  b_start[rows])
-                b_state = tree_stack(stored)
-                # ---- update: minibatches of whole sequences through the parallel forward ----
-                model.train()
-                S = b_obs.shape[0]
-                mb = S // cfg.n_minibatches
-                clipfracs, stats = [], {}
-                for _epoch in range(cfg.n_epochs):
-                    perm = torch.randperm(S, device=dev)
-                    for k in range(cfg.n_minibatches):
-                        idx = perm[k * mb:(k + 1) * mb]
-                        h, _ = model.backbone(self._fields(b_obs[idx], b_pa[idx], b_pr[idx], b_ts[idx]),
-                                              tree_index(b_state, idx), b_start[idx])
-                        _, logp, ent, value = model.heads(h, b_act[idx])
-                        m = b_valid[idx].float()
-                        msum = m.sum().clamp_min(1)
-                        a = b_adv[idx]
-                        if cfg.norm_adv:
-                            mean = (a * m).sum() / msum
-                            a = (a - mean) / ((((a - mean) ** 2 * m).sum() / msum).sqrt() + 1e-8)
-                        ratio = (logp - b_logp[idx]).exp()
-                        pg = torch.maximum(-a * ratio, -a * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef))
-                        pg_loss = (pg * m).sum() / msum
-                        v = (value - b_ret[idx]) ** 2
-                        if cfg.clip_vloss:
-                            v_clip = b_val[idx] + (value - b_val[idx]).clamp(-cfg.clip_coef, cfg.clip_coef)
-                            v = torch.maximum(v, (v_clip - b_ret[idx]) ** 2)
-                        v_loss = 0.5 * (v * m).sum() / msum
-                        ent_loss = (ent * m).sum() / msum
-                        loss = pg_loss - cfg.ent_coef * ent_loss + cfg.vf_coef * v_loss
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                        opt.step()
-                        with torch.no_grad():
-                            logr = logp - b_logp[idx]
-                            approx_kl = (((logr.exp() - 1) - logr) * m).sum() / msum
-                            clipfracs.append(((((ratio - 1).abs() > cfg.clip_coef).float() * m).sum() / msum).item())
-                        stats = dict(pg_loss=pg_loss.item(), v_loss=v_loss.item(), entropy=ent_loss.item(),
-                                     approx_kl=approx_kl.item())
-                    if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
-                        break
-                # ---- log ----
-                step = update * N * T
-                y, p = ret[ro.valid], ro.val[ro.valid]
-                stats.update(clipfrac=float(np.mean(clipfracs)), sps=(step - update0 * N * T) / (time.time() - t_start),
-                             explained_variance=float(1 - (y - p).var() / y.var()) if y.var() > 0 else float("nan"),
-                             lr=opt.param_groups[0]["lr"])
-                if ro.finished:
-                    stats["episode_return"] = float(np.mean([f[0] for f in ro.finished]))
-                    stats["episode_length"] = float(np.mean([f[1] for f in ro.finished]))
-                    succ = [f[2] for f in ro.finished if f[2] is not None]
-                    if succ:
-                        stats["success_rate"] = float(np.mean(succ))
-                if run is not None:
-                    run.log(step, "train", stats)
-                bar.update(task, completed=step, info=" ".join(
-                    f"{k}={stats[k]:.3g}" for k in ("episode_return", "success_rate", "sps") if k in stats))
-                crossed = (step // cfg.eval_every) != ((step - N * T) // cfg.eval_every) if cfg.eval_every else False
-                if crossed and update != n_updates and cfg.eval_episodes > 0:
-                    last, best = self._eval_log(run, step, best)
-                every = cfg.checkpoint_every
-                ck_due = every and (step // every) != ((step - N * T) // every)
-                if run is not None and (ck_due or stop.requested):
-                    run.save_checkpoint(dict(
-                        model=model.state_dict(), optimizer=opt.state_dict(), step=step, rng=rng_state(),
-                        best=json.dumps(best), last=json.dumps(last),
-                        **{k: r.state() for k, r in (("obs_rms", obs_rms), ("ret_rms", ret_rms)) if r is not None}))
-                if stop.requested:
-                    raise KeyboardInterrupt
-        venv.close()
-        if cfg.eval_episodes > 0:
-            last, best = self._eval_log(run, n_updates * N * T, best)
-        return dict(last=last, best=best, step=n_updates * N * T)
+                        logr = logp - b_logp[idx]
+                        approx_kl = (((logr.exp() - 1) - logr) * m).sum() / msum
+                        clipfracs.append(((((ratio - 1).abs() > cfg.clip_coef).float() * m).sum() / msum).item())
+                    stats = dict(pg_loss=pg_loss.item(), v_loss=v_loss.item(), entropy=ent_loss.item(),
+                                 approx_kl=approx_kl.item())
+                if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
+                    break
+            # ---- log ----
+            y, p = ret[ro.valid], ro.val[ro.valid]
+            stats.update(clipfrac=float(np.mean(clipfracs)), lr=opt.param_groups[0]["lr"],
+                         sps=(step + N * T - step0) / max(time.time() - t_start, 1e-9))
+            if y.numel() > 1 and y.var() > 0:
+                stats["explained_variance"] = float(1 - (y - p).var() / y.var())
+            if ro.finished:
+                stats["episode_return"] = float(np.mean([f[0] for f in ro.finished]))
+                stats["episode_length"] = float(np.mean([f[1] for f in ro.finished]))
+                succ = [f[2] for f in ro.finished if f[2] is not None]
+                if succ:
+                    stats["success_rate"] = float(np.mean(succ))
+            return N * T, stats
 
-    def _eval_log(self, run, step, best):
-        res = self.evaluate(episodes=self.config.eval_episodes, seed=eval_seed(self.config.seed)).to_dict()
-        res["step"] = step
-        if run is not None:
-            run.log(step, "eval", {k: v for k, v in res.items() if k not in ("returns", "lengths")})
-        if best is None or res["mean_return"] > best["mean_return"]:
-            best = res
-        return res, best
+        state = dict(optimizer=opt, **{k: r for k, r in (("obs_rms", obs_rms), ("ret_rms", ret_rms)) if r is not None})
+        return Work(iterate, n_updates * N * T, state, dict(env=env), show=("episode_return", "success_rate", "sps"),
+                    close=venv.close)

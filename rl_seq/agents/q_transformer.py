@@ -20,6 +20,7 @@ backbone's step state.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import gymnasium as gym
@@ -27,16 +28,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rl_seq.agents.base import Agent, param_groups, train_offline, warmup
-from rl_seq.config import ConfigError, TrainConfig
-from rl_seq.data import Episodes, SegmentSampler, load_episodes
+from rl_seq.agents.base import Agent, param_groups, warmup
+from rl_seq.config import ConfigError, OfflineConfig
+from rl_seq.data import Episodes, SegmentSampler
+from rl_seq.engine import Work
 from rl_seq.nets import Backbone, BackboneConfig, QBinHead
-from rl_seq.runs import Run
 from rl_seq.tokenizer import TrajectoryTokenizer
 
 
 @dataclass
-class QTConfig(TrainConfig):
+class QTConfig(OfflineConfig):
     """Q-Transformer."""
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -48,12 +49,6 @@ class QTConfig(TrainConfig):
     Gaussian policies, e.g. SB3 PPO), each end bin outweighs every interior bin and the
     conservative regulariser makes greedy acting pick the bounds; fewer bins soften this
     (docs/results_grid.md)."""
-    batch_size: int = 64
-    """Windows per gradient step."""
-    lr: float = 1e-4
-    """AdamW learning rate."""
-    weight_decay: float = 1e-4
-    """AdamW weight decay (matrices only)."""
     warmup_steps: int = 1000
     """Linear learning-rate warm-up."""
     grad_clip: float = 1.0
@@ -68,12 +63,6 @@ class QTConfig(TrainConfig):
     """Weight of the regulariser pushing Q of bins not in the data to 0."""
     mc_lower_bound: bool = True
     """Raise targets to the data's Monte-Carlo return."""
-    max_timestep: int = 1000
-    """Size of the timestep table."""
-    ref_min_score: float | None = None
-    """Overrides the dataset's reference score for 0."""
-    ref_max_score: float | None = None
-    """Overrides the dataset's reference score for 1."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -88,7 +77,11 @@ class QTModel(nn.Module):
         super().__init__()
         tok = TrajectoryTokenizer(obs_space, act_space, cfg.backbone.d_model, "obs,act_dims",
                                   cfg.max_timestep, cfg.n_bins)
-        self.backbone = Backbone(tok, cfg.backbone)
+        bb = cfg.backbone
+        if bb.mixer == "attention" and "window" not in bb.mixer_options:  # K steps of (s, a_1..a_d) tokens
+            bb = dataclasses.replace(bb, mixer_options={**bb.mixer_options, "window": (tok.discretiser.dims + 1)
+                                                        * cfg.context})
+        self.backbone = Backbone(tok, bb)
         self.head = QBinHead(cfg.backbone.d_model, cfg.n_bins)
         self.dims = tok.discretiser.dims
 
@@ -177,32 +170,27 @@ class QTState:
 
 
 class QTAgent(Agent):
+    algo = "qt"
     config_class = QTConfig
 
     def _build(self) -> nn.Module:
         if not isinstance(self.action_space, gym.spaces.Box):
             raise TypeError(f"qt discretises Box actions; got {self.action_space} (use dt for discrete actions)")
-        cfg = self.config
-        if cfg.backbone.mixer == "attention" and "window" not in cfg.backbone.mixer_options:
-            d = int(np.prod(self.action_space.shape))
-            cfg.backbone.mixer_options = {**cfg.backbone.mixer_options, "window": (d + 1) * cfg.context}
-        return QTModel(self.observation_space, self.action_space, cfg)
+        return QTModel(self.observation_space, self.action_space, self.config)
 
     def setup_from_data(self, episodes: Episodes) -> None:
-        self._adopt_data(episodes)
+        super().setup_from_data(episodes)
         self.meta.update(reward_min=float(episodes.rewards.min()), reward_max=float(episodes.rewards.max()))
 
     def scale_rewards(self, r: np.ndarray) -> np.ndarray:
         lo, hi = self.meta["reward_min"], self.meta["reward_max"]
         return ((1 - self.config.gamma) * (r - lo) / max(hi - lo, 1e-8)).astype(np.float32)
 
-    def learn(self, dataset: str | Episodes, steps: int | None = None, run_dir=None, resume: bool = False,
-              run: Run | None = None) -> dict:
+    def _work(self, steps: int, dataset: Episodes, env: str | None) -> Work:
         cfg = self.config
-        steps = steps or cfg.steps
-        episodes = load_episodes(dataset) if isinstance(dataset, str) else dataset
-        self.setup_from_data(episodes)
-        aug, final, terminal = with_final_steps(episodes)
+        self.setup_from_data(dataset)
+        info = self._data_info(dataset, env)
+        aug, final, terminal = with_final_steps(dataset)
         aug.rewards = self.scale_rewards(aug.rewards)
         mc = aug.returns_to_go(cfg.gamma)
         sampler = SegmentSampler(aug, cfg.context + cfg.n_step, seed=cfg.seed,
@@ -210,12 +198,10 @@ class QTAgent(Agent):
         target = copy.deepcopy(self.model).requires_grad_(False)
         opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps))
-        if run is None and run_dir is not None:
-            run = Run(run_dir, {"algo": self.algo, "dataset": episodes.dataset_id}, resume)
         disc, model = self.model.backbone.tokenizer.discretiser, self.training_model()
 
-        def update(batch: dict) -> dict:
-            b = {k: torch.as_tensor(v, device=self.device) for k, v in batch.items()}
+        def iterate(step: int) -> tuple[int, dict]:
+            b = {k: torch.as_tensor(v, device=self.device) for k, v in sampler.sample(cfg.batch_size).items()}
             obs = b["obs"].float() if b["obs"].is_floating_point() else b["obs"]
             fields = dict(obs=obs, act=b["act"].float(), timestep=b["timestep"])
             with self.autocast():
@@ -233,13 +219,15 @@ class QTAgent(Agent):
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             opt.step()
+            lr = sched.get_last_lr()[0]
             sched.step()
             with torch.no_grad():
                 for pt, p in zip(target.parameters(), self.model.parameters()):
                     pt.lerp_(p, cfg.tau)
-            return {"loss": loss.item(), "td": td.item(), "conservative": cons.item(), "grad_norm": gnorm.item()}
+            return 1, {"loss": loss.item(), "td": td.item(), "conservative": cons.item(), "grad_norm": gnorm.item(),
+                       "lr": lr}
 
-        return train_offline(self, sampler, update, opt, sched, run, steps, resume, extra_state={"target": target})
+        return Work(iterate, steps, dict(optimizer=opt, scheduler=sched, sampler=sampler, target=target), info)
 
     def _act(self, obs, state: QTState | None, episode_start, rewards, deterministic):
         n, d = obs.shape[0], self.model.dims

@@ -22,10 +22,12 @@ class SegmentSampler:
         short_episodes: what to do with episodes shorter than K: ``"pad"`` (keep them,
             padded and masked), ``"drop"`` or ``"error"``.
         extra: more per-step arrays [N, ...] to cut into windows alongside the fields.
+        rtg: the returns-to-go [N] to condition on (default: the data's, discounted by gamma).
     """
 
     def __init__(self, episodes: Episodes, context: int, gamma: float = 1.0, seed: int = 0,
-                 short_episodes: str = "pad", extra: dict[str, np.ndarray] | None = None) -> None:
+                 short_episodes: str = "pad", extra: dict[str, np.ndarray] | None = None,
+                 rtg: np.ndarray | None = None) -> None:
         if context < 1:
             raise ValueError(f"context must be >= 1, got {context}")
         short = episodes.lengths < context
@@ -41,9 +43,9 @@ class SegmentSampler:
                     f"context K={context} (shortest: {episodes.lengths.min()} steps); set "
                     "short_episodes='pad' to pad them, 'drop' to skip them, or lower the context")
             if short_episodes == "drop":
-                if extra:
-                    keep_steps = np.repeat(~short, episodes.lengths)
-                    extra = {k: v[keep_steps] for k, v in extra.items()}
+                keep_steps = np.repeat(~short, episodes.lengths)
+                extra = {k: v[keep_steps] for k, v in (extra or {}).items()}
+                rtg = None if rtg is None else rtg[keep_steps]
                 episodes = episodes.select(~short)
             elif short_episodes != "pad":
                 raise ValueError(f"short_episodes must be pad, drop or error, got {short_episodes!r}")
@@ -53,7 +55,7 @@ class SegmentSampler:
         self.extra = dict(extra or {})
         self.context = context
         self.rng = np.random.default_rng(seed)
-        self.rtg = episodes.returns_to_go(gamma)
+        self.rtg = episodes.returns_to_go(gamma) if rtg is None else np.asarray(rtg, np.float32)
         self.timesteps = episodes.timesteps
         self.episode_end = np.repeat(episodes.offsets[1:], episodes.lengths)  # [N]
 
@@ -80,8 +82,9 @@ class SegmentSampler:
         out["episode_start"] |= mask & ~np.concatenate([np.zeros((batch_size, 1), bool), mask[:, :-1]], 1)
         return out
 
-    def get_state(self) -> dict:
+    def state_dict(self) -> dict:
+        """The generator's state (checkpointed by the engine)."""
         return self.rng.bit_generator.state
 
-    def set_state(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state

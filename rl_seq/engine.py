@@ -1,0 +1,194 @@
+"""The training engine: the one loop every agent trains through.
+
+An algorithm describes its training as a :class:`Work` - one *iteration* (offline: sample a
+batch and take a gradient step; online: collect a rollout and update on it; fine-tuning: one
+env step and its updates) and the objects a checkpoint must keep. :func:`train` runs it and
+owns everything around it, the same way for every agent:
+
+- the run folder (``out``): its lock, ``config.yaml``, metrics (JSONL; CSV at the end; wandb
+  when asked), the final model, ``eval.json`` and the plot;
+- progress (a rich bar in a terminal, a log line every 10% otherwise) and a non-finite
+  metrics check;
+- periodic evaluation (every ``eval_every`` steps) and a final one, in the env the agent
+  evaluates in, with fixed env seeds (:func:`eval_seed`). ``last`` is the final evaluation,
+  ``best`` the one with the highest mean return (equivalently, normalised score);
+- the resumable checkpoint (atomic, every ``checkpoint_every`` steps and at the end):
+  weights, every object of ``Work.state``, the RNGs of torch / numpy / Python, the step,
+  ``last`` / ``best`` / ``before``;
+- ``resume``: everything above is restored and the metrics logged after the checkpoint are
+  dropped, so a run stopped at any point continues as if it had never stopped. What an
+  iteration keeps outside ``Work.state`` is not restored: online, the envs restart at a fresh
+  reset (an episode in progress is lost; its seed is derived from the step);
+- SIGINT / SIGTERM: the iteration in progress finishes, a checkpoint is written, and
+  :class:`KeyboardInterrupt` is raised (a second signal stops at once). A SIGKILL loses the
+  steps since the last checkpoint.
+
+Steps are the algorithm's unit (gradient steps offline, env steps online): an iteration
+advances by one or more, and a schedule fires when the step count crosses a multiple of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rl_seq.config import TrainConfig, to_dict
+from rl_seq.runs import Run, progress, rng_state, set_rng_state, stop_on_interrupt
+
+if TYPE_CHECKING:
+    from rl_seq.agents.base import Agent
+
+log = logging.getLogger(__name__)
+
+
+def eval_seed(seed: int) -> int:
+    """Seed of the first evaluation episode for a run seeded ``seed`` (fixed per run, apart
+    from the training seeds)."""
+    return 10_000 + 100 * seed
+
+
+@dataclass
+class Work:
+    """What an algorithm hands the engine."""
+
+    iterate: Callable[[int], tuple[int, dict]]
+    """``iterate(step) -> (steps advanced, metrics)``: one iteration, starting after ``step``
+    steps. Metrics are floats (logged, shown, checked for NaN)."""
+    steps: int
+    """The budget, in the algorithm's steps."""
+    state: dict[str, Any] = field(default_factory=dict)
+    """Objects a checkpoint keeps besides the model, each with ``state_dict()`` and
+    ``load_state_dict()``: optimisers, schedulers, samplers, target networks, statistics."""
+    info: dict = field(default_factory=dict)
+    """What the run trains on (``dataset``, ``env``, ``init``), for the run folder's
+    ``config.yaml``; ``data`` (the dataset's summary row) is returned, not written there."""
+    config: TrainConfig | None = None
+    """The schedule (``eval_every``, ``eval_episodes``, ``log_every``, ``checkpoint_every``,
+    ``seed``, ``wandb``); None = the agent's config."""
+    before: bool = False
+    """Evaluate once before the first iteration (fine-tuning: the starting policy)."""
+    show: tuple[str, ...] | None = None
+    """Metrics shown in the progress bar (None: all but ``lr``)."""
+    close: Callable[[], None] = lambda: None
+    """Called when the loop ends, however it ends (closes envs)."""
+
+
+def _crossed(step: int, prev: int, every: int) -> bool:
+    return bool(every) and step // every != prev // every
+
+
+def train(agent: Agent, work: Work, out: str | Path | None = None, resume: bool = False) -> dict:
+    """Run ``work`` for ``agent`` (see the module docstring). Returns ``last``, ``best`` and
+    ``before`` evaluations (dicts or None), the final ``step``, the last logged training
+    metrics (``train``), the data's summary row (``data``) and the run folder (``run``)."""
+    cfg = work.config or agent.config
+    run = None
+    try:
+        if out is not None:
+            run = Run(out, dict(algo=agent.algo, **{k: v for k, v in work.info.items() if k != "data"},
+                                config=to_dict(cfg)), resume=resume, wandb=cfg.wandb, wandb_project=cfg.wandb_project)
+        result = _loop(agent, work, cfg, run, resume)
+        if run is not None:
+            _finish(agent, run, result)
+    finally:
+        work.close()
+        if run is not None:
+            run.close()
+    return result
+
+
+def _loop(agent: Agent, work: Work, cfg: TrainConfig, run: Run | None, resume: bool) -> dict:
+    total = work.steps
+    can_eval = bool(agent.meta.get("env_id")) and cfg.eval_episodes > 0
+    ev = dict(last=None, best=None, before=None)
+    start = 0
+
+    def checkpoint(step: int) -> None:
+        if run is not None:
+            run.save_checkpoint(dict(model=agent.model.state_dict(), step=step, rng=rng_state(),
+                                     evals=json.dumps(ev), **{k: v.state_dict() for k, v in work.state.items()}))
+
+    def evaluate(step: int, kind: str = "eval") -> dict:
+        res = agent.evaluate(episodes=cfg.eval_episodes, seed=eval_seed(cfg.seed)).to_dict()
+        res["step"] = step
+        if run is not None:
+            run.log(step, kind, {k: v for k, v in res.items() if k not in ("returns", "lengths")})
+        return res
+
+    if resume and run is not None:
+        ck = run.load_checkpoint()
+        agent.model.load_state_dict(ck["model"])
+        for k, v in work.state.items():
+            v.load_state_dict(ck[k])
+        set_rng_state(ck["rng"])
+        start, ev = ck["step"], json.loads(ck["evals"])
+        run.truncate_metrics(start)
+        log.info("resumed from step %d", start)
+    elif work.before and can_eval:
+        ev["before"] = evaluate(0, "before")
+        log.info("before training: mean return %.4g", ev["before"]["mean_return"])
+
+    agent.model.train()
+    bar, task = progress(total, f"{agent.algo} training", start)
+    step, metrics, t0 = start, None, time.time()
+    every = max(1, (total - start) // 10)  # without a terminal: a log line every 10%
+    with stop_on_interrupt() as stop, bar:
+        while step < total:
+            prev = step
+            n, m = work.iterate(step)
+            step += n
+            if _crossed(step, prev, cfg.log_every) or step >= total:
+                metrics = m
+                if not all(math.isfinite(v) for v in m.values()):
+                    raise FloatingPointError(
+                        f"non-finite training metrics at step {step}: {m}; lower the learning rate "
+                        "or check the data for extreme values")
+                if run is not None:
+                    run.log(step, "train", m)
+                show = work.show or [k for k in m if k != "lr"]
+                bar.update(task, info=" ".join(f"{k}={m[k]:.4g}" for k in show if k in m))
+            if can_eval and _crossed(step, prev, cfg.eval_every) and step < total:
+                ev["last"] = evaluate(step)
+                if ev["best"] is None or ev["last"]["mean_return"] > ev["best"]["mean_return"]:
+                    ev["best"] = ev["last"]
+            if _crossed(step, prev, cfg.checkpoint_every):
+                checkpoint(step)
+            bar.update(task, completed=step)
+            if not bar.console.is_terminal and (_crossed(step - start, prev - start, every) or step >= total):
+                last = ev["last"]
+                tail = "" if last is None else f", last eval {last['mean_return']:.4g}"
+                log.info("%s: step %d/%d, %.1f steps/s%s", agent.algo, step, total,
+                         (step - start) / max(time.time() - t0, 1e-9), tail)
+            if stop.requested:
+                checkpoint(step)
+                log.warning("interrupted: checkpoint saved at step %d; continue with --resume", step)
+                raise KeyboardInterrupt
+    if can_eval and (ev["last"] is None or ev["last"]["step"] != step):
+        ev["last"] = evaluate(step)
+        if ev["best"] is None or ev["last"]["mean_return"] > ev["best"]["mean_return"]:
+            ev["best"] = ev["last"]
+    checkpoint(step)
+    return dict(**ev, step=step, train=metrics, data=work.info.get("data"), run=None if run is None else str(run.dir))
+
+
+def _finish(agent: Agent, run: Run, result: dict) -> None:
+    """The run folder's final model, ``eval.json`` and plot."""
+    from rl_seq.plot import plot_runs
+
+    agent.save(run.dir / "model")
+    report = dict(last=result["last"], best=result["best"],
+                  note="last = evaluation at the final step; best = the periodic evaluation with the highest "
+                       "mean return")
+    if result["before"] is not None:
+        report["before"] = result["before"]
+    report.update(agent.final_evaluations())
+    run.write_json("eval.json", report)
+    run.write_csv()
+    if result["last"] is not None:
+        plot_runs([run.dir], run.dir / "plot.png")

@@ -23,6 +23,7 @@ from torch import nn
 
 from rl_seq.kernels import MIXERS
 from rl_seq.nets.backbone import BackboneConfig, Block
+from rl_seq.plot import print_table
 
 
 def _timeit(fn, reps: int, warmup: int = 2) -> float:
@@ -65,18 +66,6 @@ def _state_bytes(states) -> int:
     return sum(_state_bytes(s) for s in states)
 
 
-def _print_table(title: str, header: list[str], rows: list[list]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=title)
-    for h in header:
-        t.add_column(h, justify="right")
-    for r in rows:
-        t.add_row(*[f"{v:,.3g}" if isinstance(v, float) else str(v) for v in r])
-    Console().print(t)
-
-
 def _env_info() -> dict:
     return dict(torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),
                 processor=platform.processor() or platform.machine())
@@ -117,7 +106,7 @@ def bench_kernels(out: str | Path = "bench_kernels.json", histories=(20, 100, 10
                 mem[hist] = _state_bytes(states)
         results[name] = dict(train_tokens_per_s=tps, step_ms=lat, state_bytes=mem)
         rows.append([name, tps] + [lat[h] for h in histories] + [mem[histories[-1]]])
-    _print_table(f"mixers: D={D}, {H} heads, {L} blocks; train B={B}, T={T}; acting B=1",
+    print_table(f"mixers: D={D}, {H} heads, {L} blocks; train B={B}, T={T}; acting B=1",
                  ["mixer", "train tok/s"] + [f"ms/step @{h}" for h in histories]
                  + [f"state B @{histories[-1]}"], rows)
 
@@ -132,7 +121,7 @@ def bench_kernels(out: str | Path = "bench_kernels.json", histories=(20, 100, 10
         cached = _timeit(lambda: _forward(blocks, window[:, :3], states), 20) * 1e3
     results["dt_rollout"] = dict(K=K, recompute_ms_per_step=recompute, cached_ms_per_step=cached,
                                  speedup=recompute / cached)
-    _print_table(f"Decision Transformer acting, K={K} steps (3K tokens), per env step",
+    print_table(f"Decision Transformer acting, K={K} steps (3K tokens), per env step",
                  ["window recompute ms", "KV cache ms", "speed-up"], [[recompute, cached, recompute / cached]])
 
     # AGaLiTe vs Transformer-XL attention at equal width and memory 128, after 1000 steps
@@ -151,7 +140,7 @@ def bench_kernels(out: str | Path = "bench_kernels.json", histories=(20, 100, 10
     targets["agalite/xl step cost <= 0.6"] = (a["step_cost_ratio"], a["step_cost_ratio"] <= 0.6)
     targets["agalite/xl state bytes <= 0.5"] = (a["state_ratio"], a["state_ratio"] <= 0.5)
     results["targets"] = {k: dict(value=v, met=bool(m)) for k, (v, m) in targets.items()}
-    _print_table("targets", ["target", "value", "met"], [[k, v, "yes" if m else "NO"] for k, (v, m) in targets.items()])
+    print_table("targets", ["target", "value", "met"], [[k, v, "yes" if m else "NO"] for k, (v, m) in targets.items()])
     results["env"] = _env_info()
     Path(out).write_text(json.dumps(results, indent=2, default=str))
     print(f"wrote {out}")
@@ -166,7 +155,7 @@ def bench_sampler(dataset: str, out: str | Path = "bench_sampler.json", batch: i
     sec = _timeit(lambda: s.sample(batch), 2000, warmup=20)
     res = dict(dataset=dataset, steps=ep.num_steps, batch=batch, context=K, ms_per_batch=sec * 1e3,
                batches_per_s=1 / sec, env=_env_info())
-    _print_table(f"segment sampler on {dataset}", ["steps", "batch x K", "ms / batch", "batches / s"],
+    print_table(f"segment sampler on {dataset}", ["steps", "batch x K", "ms / batch", "batches / s"],
                  [[ep.num_steps, f"{batch} x {K}", sec * 1e3, 1 / sec]])
     Path(out).write_text(json.dumps(res, indent=2))
     return res
@@ -225,7 +214,7 @@ def bench_train(out: str | Path = "bench_train.json", threads=(1, 2), quick: boo
                                        train_step_s=step_s, act_ms_per_step=act_ms)
             rows.append([algo, th, cfg.context, step_s, act_ms])
     torch.set_num_threads(old)
-    _print_table(f"offline algorithms at the reference DT size (embed 128, 3 layers, batch 64), compile={compile}",
+    print_table(f"offline algorithms at the reference DT size (embed 128, 3 layers, batch 64), compile={compile}",
                  ["algo", "threads", "K", "train s/step", "act ms/step"], rows)
     res["env"] = _env_info()
     Path(out).write_text(json.dumps(res, indent=2))
@@ -279,7 +268,7 @@ def bench_ppo(out: str | Path = "bench_ppo.json", env_id: str = "CartPole-v1", s
             res[f"rl_seq_{mixer}_{label.split(':')[0]}"] = sps
             rows.append([f"rl_seq PPO ({mixer})", label, hidden, sps, sps / base if base else float("nan")])
     torch.set_num_threads(old)
-    _print_table(f"recurrent PPO on {env_id}: {n_envs} envs x {n_steps} steps, {threads} thread(s); "
+    print_table(f"recurrent PPO on {env_id}: {n_envs} envs x {n_steps} steps, {threads} thread(s); "
                  "update = epochs x minibatch steps", ["implementation", "update", "hidden", "env steps/s",
                                                        "x sb3-contrib"], rows)
     res.update(env=_env_info(), env_id=env_id, n_envs=n_envs, n_steps=n_steps, hidden=hidden, threads=threads)
@@ -323,7 +312,7 @@ def bench_sb3(out: str | Path = "bench_sb3.json", env_id: str = "CartPole-v1", s
         res[name] = dict(env_steps_per_s=sps, rounds=sps_all)
         rows.append([name, hidden, sps, sps / base, " ".join(f"{x:.0f}" for x in sps_all)])
     torch.set_num_threads(old)
-    _print_table(f"sb3-contrib RecurrentPPO on {env_id}, {n_envs} envs, defaults, {threads} thread(s); "
+    print_table(f"sb3-contrib RecurrentPPO on {env_id}, {n_envs} envs, defaults, {threads} thread(s); "
                  f"median of {rounds} interleaved rounds",
                  ["policy", "hidden", "env steps/s", "x stock", "rounds"], rows)
     res.update(env=_env_info(), env_id=env_id, n_envs=n_envs, hidden=hidden, threads=threads)

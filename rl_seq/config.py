@@ -189,6 +189,9 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
     if base:
         values = merge(values, base)
     if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} does not exist; the shipped ones are configs/ALGO/TASK.yaml "
+                              "(e.g. configs/dt/hopper.yaml)")
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except yaml.YAMLError as e:

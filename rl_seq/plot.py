@@ -1,6 +1,6 @@
-"""Learning curves from run folders: evaluation return and normalised score against steps,
-and the training loss. Runs with the same algo and data are one curve: the mean over their
-seeds with a min-max band."""
+"""Presenting results: learning curves from run folders (evaluation return and normalised
+score against steps, and the training loss; runs with the same algo and data are one curve,
+the mean over their seeds with a min-max band) and console tables."""
 
 from __future__ import annotations
 
@@ -64,3 +64,16 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def print_table(title: str, header: list[str], rows: list[list]) -> None:
+    """Print a rich table (floats to 3 significant digits)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for h in header:
+        t.add_column(h, justify="right")
+    for r in rows:
+        t.add_row(*[f"{v:,.3g}" if isinstance(v, float) else str(v) for v in r])
+    Console().print(t)

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 import rl_seq
-from rl_seq.bench import _print_table
 from rl_seq.data import load_episodes
+from rl_seq.plot import print_table
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
         agent = rl_seq.load_agent(path)
         x, _ = agent.predict(obs, None, np.ones(len(obs), bool), rewards=np.zeros(len(obs)), deterministic=True)
         rows.append(stats(f"{agent.algo} ({Path(path).resolve().parent.name})", x))
-    _print_table(f"greedy actions on {a.states} states of {a.dataset} (fresh context)",
+    print_table(f"greedy actions on {a.states} states of {a.dataset} (fresh context)",
                  ["policy", "|a - a_data|", "|a|", "fraction at a bound"], rows)
 
 

@@ -207,7 +207,8 @@ def test_a_failed_checkpoint_write_leaves_the_old_one_and_no_temp_file(tmp_path,
     assert load_checkpoint(p)["step"] == 1 and [f.name for f in tmp_path.iterdir()] == ["last.pt"]
 
 
-def test_online_resume_restores_normalisation_and_evaluations(tmp_path, monkeypatch):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_online_resume_restores_normalisation_and_evaluations(tmp_path, monkeypatch, sig):
     """PPO: an interrupted run's checkpoint holds the observation/return statistics and the
     last/best evaluations, and --resume takes them up (env internals restart from a reset)."""
     from rl_seq.agents.ppo import PPOAgent, RunningMeanStd
@@ -222,7 +223,7 @@ def test_online_resume_restores_normalisation_and_evaluations(tmp_path, monkeypa
     def collect(self, *a, **k):
         calls["n"] += 1
         if calls["n"] == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
         return real(self, *a, **k)
 
     monkeypatch.setattr(PPOAgent, "collect", collect)
@@ -238,3 +239,223 @@ def test_online_resume_restores_normalisation_and_evaluations(tmp_path, monkeypa
     steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
              if r["kind"] == "train"]
     assert steps == sorted(set(steps)) and steps[-1] == 2048  # continuous, nothing logged twice
+
+
+# -- the catalogue: user errors end in exit code 2, one message naming the problem and the fix,
+# -- no traceback, and nothing written ----------------------------------------------------------
+LSTM = ["train", "lstm", "--env", "CartPole-v1", "--steps", "256"]
+CATALOGUE = [
+    ("unknown-algo", ["train", "nosuch", "--dataset", DATA], "unknown algorithm 'nosuch'; choose one of dt"),
+    ("unknown-dataset", ["train", "dt", "--dataset", "nosuch/x-v0"], "rl-seq datasets download nosuch/x-v0"),
+    ("unknown-mixer", ["train", "dt", "--dataset", DATA, "--backbone", "nosuch"], "unknown mixer 'nosuch'; choose"),
+    ("context-longer-than-every-episode", ["train", "dt", "--dataset", DATA, "--set", "context=5000"],
+     "shorter than the context K=5000 (longest: 50 steps); lower the context (--set context=50)"),
+    ("missing-config-file", ["train", "dt", "--dataset", DATA, "--config", "nosuch.yaml"],
+     "config file nosuch.yaml does not exist; the shipped ones are configs/ALGO/TASK.yaml"),
+    ("eval-env-spaces-differ", ["train", "dt", "--dataset", DATA, "--env", "CartPole-v1"],
+     "does not match the dataset's"),
+    ("misspelt-key", ["train", "dt", "--dataset", DATA, "--set", "lrr=1e-3"], "did you mean 'lr'?"),
+    ("wrong-type", ["train", "dt", "--dataset", DATA, "--set", "steps=abc"], "steps must be int"),
+    ("zero-steps", ["train", "dt", "--dataset", DATA, "--steps", "0"], "steps must be >= 1"),
+    ("override-without-value", ["train", "dt", "--dataset", DATA, "--set", "lr"], "must look like key=value"),
+    ("bad-device", ["train", "dt", "--dataset", DATA, "--set", "device=tpu"], "device must be auto, cpu or cuda"),
+    ("segment-below-context", ["train", "dt", "--dataset", DATA, "--set", "segment=3", "--set", "context=5"],
+     "segment must be >= context"),
+    ("online-without-env", ["train", "lstm"], "give --env ENV_ID"),
+    ("offline-without-dataset", ["train", "dt"], "give --dataset ID"),
+    ("ppo-seq-len", [*LSTM, "--set", "seq_len=30"], "seq_len=30 must divide n_steps=128"),
+    ("ppo-vectorization", [*LSTM, "--set", "vectorization=threads"], "vectorization must be sync or async"),
+    ("finetune-without-env", ["train", "ds4", "--init", "runs/x"], "needs --env ENV_ID"),
+    ("finetune-with-backbone", ["train", "ds4", "--init", "runs/x", "--env", "Hopper-v5", "--backbone", "conv"],
+     "fine-tunes a trained agent as it is"),
+    ("dataset-info-unknown", ["datasets", "info", "nosuch/x-v0"], "rl-seq datasets download nosuch/x-v0"),
+    ("dataset-make-unknown-env", ["datasets", "make", "NoSuch-v0", "--name", "t/x"], "NoSuch"),
+    ("plot-not-a-run", ["plot", "nosuch-run"], "is it a run folder?"),
+    ("eval-not-a-run", ["eval", "nosuch-run"], "holds no saved agent"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", [c[1:] for c in CATALOGUE], ids=[c[0] for c in CATALOGUE])
+def test_user_errors_exit_2_with_the_fix_and_write_nothing(argv, needle, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # relative paths (runs/..., plots) land here
+    assert main([*argv, *(["--out", "r"] if argv[0] == "train" else [])]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no run folder, no half-made file
+
+
+def test_a_config_file_that_is_not_a_mapping_is_refused(tmp_path, capsys):
+    cfg = tmp_path / "list.yaml"
+    cfg.write_text("- lr\n- 1e-4\n")
+    assert main(train_argv(tmp_path / "r", 5, "--config", str(cfg))) == 2
+    assert "a config file must be a mapping" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_short_episodes_error_policy_names_the_choices(store, capsys, tmp_path):
+    from conftest import make_minari, point_episode
+
+    make_minari("test/short-v0", [point_episode(30, seed=0), point_episode(3, seed=1)])
+    assert main(["train", "dt", "--dataset", "test/short-v0", "--steps", "3", "--out", str(tmp_path / "r"), *TINY,
+                 "--set", "short_episodes=error"]) == 2
+    err = capsys.readouterr().err
+    assert "1 episode(s) of test/short-v0 are shorter than the context K=5" in err and "'pad'" in err
+    assert main(["train", "dt", "--dataset", "test/short-v0", "--steps", "3", "--out", str(tmp_path / "r"),
+                 *TINY]) == 0  # the default pads them
+
+
+@pytest.fixture(scope="module")
+def qt_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qt") / "run"
+    assert main(["train", "qt", "--dataset", DATA, "--steps", "3", "--out", str(out), *TINY]) == 0
+    return out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--acting", "window"], "--acting applies to return-conditioned agents, not qt"),
+    (["--env", "CartPole-v1"], "does not match the agent's"),
+    (["--env", "NoSuch-v0"], "NoSuch"),
+])
+def test_bad_eval_of_a_q_transformer(qt_run, argv, needle, capsys):
+    before = (qt_run / "eval.json").read_text()
+    assert main(["eval", str(qt_run), *argv]) == 2
+    assert needle in capsys.readouterr().err
+    assert (qt_run / "eval.json").read_text() == before
+
+
+def test_fine_tuning_a_q_transformer_is_refused(qt_run, tmp_path, capsys):
+    assert main(["train", "ds4", "--init", str(qt_run), "--env", "rl_seq/PointGoal-v0", "--out",
+                 str(tmp_path / "ft")]) == 2
+    assert "--init takes a return-conditioned run" in capsys.readouterr().err and not (tmp_path / "ft").exists()
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ("truncate-weights", "is corrupt or truncated"),
+    ("unknown-algo", "names algorithm 'dt9', which this rl_seq does not have"),
+    ("garbage-config", "is not a saved agent's config"),
+])
+def test_a_damaged_saved_agent_is_reported(dt_run, tmp_path, damage, needle, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(dt_run / "model", model)
+    if damage == "truncate-weights":
+        w = model / "model.safetensors"
+        w.write_bytes(w.read_bytes()[:100])
+    elif damage == "unknown-algo":
+        cfg = model / "config.yaml"
+        cfg.write_text(cfg.read_text().replace("algo: dt", "algo: dt9", 1))
+    else:
+        (model / "config.yaml").write_text("just: text\n")
+    assert main(["eval", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_a_truncated_checkpoint_on_resume_is_reported_and_kept(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(train_argv(out, 10, "--set", "checkpoint_every=5")) == 0
+    ckpt = out / "checkpoints" / "last.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:500])
+    cut = ckpt.read_bytes()
+    assert main(train_argv(out, 20, "--set", "checkpoint_every=5", "--resume")) == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+    assert ckpt.read_bytes() == cut  # left for the user to restore, not overwritten
+
+
+def test_diverging_training_stops_with_advice_and_no_nan_checkpoint(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(train_argv(out, 30, "--set", "lr=1e12", "--set", "log_every=1", "--set", "checkpoint_every=10")) == 2
+    err = capsys.readouterr().err
+    assert "non-finite training metrics at step" in err and "lower the learning rate" in err
+    assert not (out / "checkpoints" / "last.pt").exists() and not (out / "model").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no saved agent"):
+        main(["--debug", "eval", str(tmp_path)])
+
+
+@pytest.mark.parametrize("call,needle", [
+    (lambda a: a.predict(np.zeros((2, 5), np.float32)), r"expects \(4,\) \(one observation\)"),
+    (lambda a: a.predict(np.zeros((2, 4), np.float32), None, np.ones(3, bool)), "episode_start has 3 entries"),
+    (lambda a: a.predict(np.zeros(4, np.float32), a.predict(np.zeros(4, np.float32))[1], np.zeros(1, bool)),
+     "wrap the env first"),
+    (lambda a: a.evaluate(__import__("gymnasium").make("CartPole-v1"), episodes=1), "does not match the agent's"),
+    (lambda a: a.evaluate(episodes=2, target_return=float("nan")), "finite number"),
+    (lambda a: a.evaluate(episodes=1, acting="fast"), "acting must be 'cached' or 'window'"),
+])
+def test_bad_api_input_is_a_clear_error_and_changes_nothing(dt_run, call, needle):
+    agent = rl_seq.load_agent(dt_run)
+    meta = dict(agent.meta)
+    with pytest.raises(ValueError, match=needle):
+        call(agent)
+    assert agent.meta == meta and agent.acting == agent.config.acting
+
+
+def test_an_agent_built_directly_saves_a_loadable_name(tmp_path):
+    import gymnasium as gym
+
+    from rl_seq.agents import QTAgent
+
+    agent = QTAgent(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Box(-1, 1, (2,)), backbone={"d_model": 16})
+    assert type(rl_seq.load_agent(agent.save(tmp_path / "m"))) is QTAgent
+
+
+def _kill_after_checkpoint(argv: list[str], ckpt, at_least: int) -> int:
+    proc = subprocess.Popen([sys.executable, "-m", "rl_seq", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpt.exists() and load_checkpoint(ckpt)["step"] >= at_least):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return load_checkpoint(ckpt)["step"]
+
+
+def test_online_sigkill_resumes_with_continuous_metrics(tmp_path):
+    """PPO killed with SIGKILL: --resume continues from the last checkpoint; the metrics hold each
+    update once, in order, up to the budget."""
+    out = tmp_path / "ppo"
+    argv = ["train", "lstm", "--env", "CartPole-v1", "--steps", "4096", "--out", str(out), "--set", "n_envs=2",
+            "--set", "n_steps=64", "--set", "checkpoint_every=128", "--set", "eval_every=1024",
+            "--set", "eval_episodes=2", "--set", "threads=1"]
+    step = _kill_after_checkpoint(argv, out / "checkpoints" / "last.pt", 512)
+    assert 512 <= step < 4096 and not (out / "model").exists()
+    assert main([*argv, "--resume"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r["step"] for r in rows if r["kind"] == "train"]
+    assert train == list(range(128, 4096 + 1, 128))  # every update once, none lost, none twice
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [1024, 2048, 3072, 4096]
+
+
+def test_interrupted_fine_tuning_resumes_to_the_end(dt_run, tmp_path, monkeypatch):
+    """Fine-tuning runs on the engine: Ctrl-C saves the critic, optimisers and episodes, and
+    --resume finishes the run (the episode in progress restarts)."""
+    import shutil
+
+    from rl_seq.agents import finetune as ft
+
+    init = tmp_path / "init"
+    shutil.copytree(dt_run, init)
+    out = tmp_path / "ft"
+    argv = ["train", "dt", "--init", str(init), "--env", "rl_seq/PointGoal-v0", "--steps", "240", "--out", str(out),
+            "--set", "start_steps=50", "--set", "batch_size=4", "--set", "eval_every=120", "--set", "eval_episodes=2",
+            "--set", "log_every=20", "--set", "checkpoint_every=40"]
+    real, calls = ft.SegmentSampler, {"n": 0}
+
+    def sampler(*a, **k):  # Ctrl-C while the first update (step 50) is being prepared
+        calls["n"] += 1
+        if calls["n"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr(ft, "SegmentSampler", sampler)
+    assert main(argv) == 130
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ck["step"] == 50 and len(ck["buffer"]["episodes"]) >= 1 and "critic" in ck
+    monkeypatch.setattr(ft, "SegmentSampler", real)
+    assert main([*argv, "--resume"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["before"]["step"] == 0 and report["last"]["step"] == 240
+    rows = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+    assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(20, 241, 20))

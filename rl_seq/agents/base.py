@@ -314,8 +314,20 @@ class Agent:
             path = path / "model"  # a run folder
         cfg_file, weights = path / "config.yaml", path / "model.safetensors"
         if not cfg_file.exists() or not weights.exists():
-            raise FileNotFoundError(f"{path} holds no saved agent (config.yaml + model.safetensors)")
-        doc = yaml.safe_load(cfg_file.read_text())
+            unfinished = (path / "checkpoints" / "last.pt").exists()
+            raise FileNotFoundError(f"{path} holds no saved agent (config.yaml + model.safetensors)" + (
+                "; it is an unfinished run: finish it with the same `rl-seq train ...` command plus --resume"
+                if unfinished else ""))
+        try:
+            doc = yaml.safe_load(cfg_file.read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f"{cfg_file} is not valid YAML ({' '.join(str(e).split())}); re-save the agent") from None
+        if not isinstance(doc, dict) or not {"algo", "config", "observation_space", "action_space"} <= set(doc):
+            raise ValueError(f"{cfg_file} is not a saved agent's config (it needs algo, config, observation_space "
+                             "and action_space); re-save the agent")
+        if doc["algo"] not in ALGOS:
+            raise ValueError(f"{cfg_file} names algorithm {doc['algo']!r}, which this rl_seq does not have "
+                             f"({', '.join(ALGOS)}); load it with the version that saved it")
         klass = ALGOS[doc["algo"]]
         agent = klass(deserialize_space(json.dumps(doc["observation_space"])),
                       deserialize_space(json.dumps(doc["action_space"])),

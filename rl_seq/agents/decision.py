@@ -150,7 +150,10 @@ class DecisionAgent(Agent):
         cfg = self.config
         self.setup_from_data(dataset)
         info = self._data_info(dataset, env)
-        sampler = SegmentSampler(dataset, cfg.train_segment, seed=cfg.seed, short_episodes=cfg.short_episodes)
+        segment = cfg.train_segment if cfg.segment is not None else max(cfg.context, min(cfg.train_segment,
+                                                                                         int(dataset.lengths.max())))
+        sampler = SegmentSampler(dataset, segment, seed=cfg.seed, short_episodes=cfg.short_episodes,
+                                 min_length=cfg.context)
         opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps))
         dev, model = self.device, self.training_model()

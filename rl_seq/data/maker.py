@@ -137,9 +137,9 @@ def make_datasets(env_id: str, name: str, levels=LEVELS, expert_steps: int = 100
         ret = mean_return(eps)
         out[level] = dict(id=ds_id, episodes=len(eps), steps=int(sum(len(e["rewards"]) for e in eps)),
                           mean_return=ret, normalized_score=(ret - ref_min) / (ref_max - ref_min))
-    from rl_seq.bench import _print_table
+    from rl_seq.plot import print_table
 
-    _print_table(f"{env_id}: random {ref_min:.1f}, expert {ref_max:.1f} (ref scores)",
+    print_table(f"{env_id}: random {ref_min:.1f}, expert {ref_max:.1f} (ref scores)",
                  ["id", "episodes", "steps", "mean return", "normalised"],
                  [[v["id"], v["episodes"], v["steps"], v["mean_return"], v["normalized_score"]] for v in out.values()])
     return out

@@ -23,24 +23,27 @@ class SegmentSampler:
             padded and masked), ``"drop"`` or ``"error"``.
         extra: more per-step arrays [N, ...] to cut into windows alongside the fields.
         rtg: the returns-to-go [N] to condition on (default: the data's, discounted by gamma).
+        min_length: episodes shorter than this are "short" (default: ``context``); a model
+            that sees K steps but trains on longer windows passes K.
     """
 
     def __init__(self, episodes: Episodes, context: int, gamma: float = 1.0, seed: int = 0,
                  short_episodes: str = "pad", extra: dict[str, np.ndarray] | None = None,
-                 rtg: np.ndarray | None = None) -> None:
+                 rtg: np.ndarray | None = None, min_length: int | None = None) -> None:
         if context < 1:
             raise ValueError(f"context must be >= 1, got {context}")
-        short = episodes.lengths < context
+        K = min_length or context
+        short = episodes.lengths < K
         if short.all():
             raise ValueError(
-                f"every episode of {episodes.dataset_id} is shorter than the context K={context} "
+                f"every episode of {episodes.dataset_id} is shorter than the context K={K} "
                 f"(longest: {episodes.lengths.max()} steps); lower the context "
                 f"(--set context={episodes.lengths.max()}) or use longer episodes")
         if short.any():
             if short_episodes == "error":
                 raise ValueError(
                     f"{short.sum()} episode(s) of {episodes.dataset_id} are shorter than the "
-                    f"context K={context} (shortest: {episodes.lengths.min()} steps); set "
+                    f"context K={K} (shortest: {episodes.lengths.min()} steps); set "
                     "short_episodes='pad' to pad them, 'drop' to skip them, or lower the context")
             if short_episodes == "drop":
                 keep_steps = np.repeat(~short, episodes.lengths)
@@ -49,7 +52,7 @@ class SegmentSampler:
                 episodes = episodes.select(~short)
             elif short_episodes != "pad":
                 raise ValueError(f"short_episodes must be pad, drop or error, got {short_episodes!r}")
-            log.info("%d episode(s) shorter than K=%d are %sed", short.sum(), context,
+            log.info("%d episode(s) shorter than K=%d are %sed", short.sum(), K,
                      short_episodes.rstrip("e") if short_episodes == "drop" else "padd")
         self.episodes = episodes
         self.extra = dict(extra or {})

@@ -22,6 +22,8 @@ EPILOGS = {
   rl-seq train dc --dataset hopper/medium-v0 --set lr=3e-4 --set backbone.n_layers=4
   rl-seq train dt --dataset hopper/medium-v0 --backbone mlstm --set backbone.n_heads=4
   rl-seq train dt --dataset hopper/medium-v0 --out runs/dt-hopper --resume
+  rl-seq train dt --dataset hopper/medium-v0 --nproc 2        # data-parallel (torchrun, DDP)
+  torchrun --nproc_per_node 2 -m rl_seq train dt --dataset hopper/medium-v0   # the same, by hand
   rl-seq train relit --env rl_seq/TMaze-v0 --set env_kwargs.corridor_length=50 --steps 400000
   rl-seq train lstm --env CartPole-v1 --backbone none      # the memoryless baseline
   rl-seq train ds4 --env Hopper-v5 --init runs/ds4-hopper --steps 20000   # online fine-tuning
@@ -92,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
                    "reset, so an episode in progress is lost. Metrics logged after the checkpoint are dropped")
     t.add_argument("--wandb", action="store_true", help="also log to wandb (offline by default)")
     t.add_argument("--download", action="store_true", help="download the dataset if not local")
+    t.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="offline algorithms: train data-parallel in N processes (starts torchrun; the global "
+                   "batch is batch_size x N; gloo on CPU, NCCL on CUDA)")
     t.add_argument("--init", metavar="OFFLINE_RUN_DIR",
                    help="fine-tune this offline return-conditioned agent online in --env (ds4 and friends); "
                    "--set takes FinetuneConfig keys (steps, lr_actor, noise, ...)")
@@ -171,12 +176,15 @@ def cmd_train(a) -> int:
     import yaml
 
     from rl_seq.agents import PRESETS, config_for, make_agent
+    from rl_seq.engine import world
 
     if a.algo not in PRESETS:
         config_for(a.algo)  # the helpful error
     if a.init:
         return _finetune(a)
     online = PRESETS[a.algo][0].online
+    if a.nproc > 1:
+        return _torchrun(a, online)
     if online and not a.env:
         raise CLIError(f"{a.algo} trains online: give --env ENV_ID (e.g. rl_seq/TMaze-v0, CartPole-v1)")
     if online and a.dataset:
@@ -187,21 +195,45 @@ def cmd_train(a) -> int:
     cfg = config_for(a.algo, a.config, _overrides(a))
     source = a.env if online else a.dataset
     out = Path(a.out or f"runs/{a.algo}-{source.replace('/', '_')}-s{cfg.seed}")
+    say = print if world()[0] == 0 else (lambda *_: None)
     if online:
         agent = make_agent(a.algo, a.env, config=cfg)
-        print(f"run folder: {out}")
+        say(f"run folder: {out}")
         result = agent.learn(env=a.env, out=out, resume=a.resume)
     else:
         from rl_seq.data import load_episodes
 
         episodes = load_episodes(a.dataset, download=a.download)
         agent = make_agent(a.algo, dataset=episodes, config=cfg)
-        print(f"run folder: {out}")
+        say(f"run folder: {out}")
         result = agent.learn(dataset=episodes, env=a.env, out=out, resume=a.resume)
+    if world()[0] > 0:  # DDP: rank 0 reports
+        return 0
     if result["last"] is not None:
         _print_eval(result["last"], f"{a.algo} on {source}", result["best"], result["data"])
     print(yaml.safe_dump({"run": str(out), "model": str(out / "model")}, sort_keys=False).strip())
     return 0
+
+
+def _torchrun(a, online: bool) -> int:
+    """``rl-seq train --nproc N ...``: the same command under torchrun, N processes on this machine."""
+    import os
+    import subprocess
+
+    if online:
+        raise CLIError(f"{a.algo} trains online in one process; --nproc is for the offline algorithms "
+                       "(dt, dc, ds4, lram, qt)")
+    if "WORLD_SIZE" in os.environ:
+        raise CLIError("already under torchrun: drop --nproc (torchrun's --nproc_per_node sets the processes)")
+    argv = list(a.argv)
+    i = argv.index("--nproc") if "--nproc" in argv else None
+    if i is not None:
+        del argv[i:i + 2]
+    else:
+        argv = [x for x in argv if not x.startswith("--nproc=")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}",
+           "-m", "rl_seq", *argv]
+    return subprocess.run(cmd).returncode
 
 
 def _overrides(a) -> list[str]:
@@ -371,8 +403,12 @@ def cmd_list(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    quiet = int(os.environ.get("RANK", 0)) > 0  # DDP ranks > 0 log warnings only
+    logging.basicConfig(level=logging.DEBUG if args.verbose else (logging.WARNING if quiet else logging.INFO),
                         format="%(levelname)s %(name)s: %(message)s")
     import gymnasium as gym
 

@@ -68,7 +68,8 @@ class OfflineConfig(TrainConfig):
     """Fields every offline (dataset-trained) algorithm shares."""
 
     batch_size: int = 64
-    """Windows per gradient step."""
+    """Windows per gradient step (per process: under torchrun the global batch is this x the
+    number of processes)."""
     lr: float = 1e-4
     """AdamW learning rate."""
     weight_decay: float = 1e-4

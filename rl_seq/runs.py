@@ -242,8 +242,9 @@ def _init_wandb(config: dict, run_dir: Path, project: str):
                       reinit=True)
 
 
-def progress(total: int, description: str, start: int = 0):
-    """A rich progress bar with steps/s, ETA and a free-text metrics field."""
+def progress(total: int, description: str, start: int = 0, disable: bool = False):
+    """A rich progress bar with steps/s, ETA and a free-text metrics field (``disable``: shows
+    nothing, e.g. on DDP ranks > 0)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -261,7 +262,7 @@ def progress(total: int, description: str, start: int = 0):
 
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    Speed(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                   TextColumn("{task.fields[info]}"), transient=False)
+                   TextColumn("{task.fields[info]}"), transient=False, disable=disable)
     return bar, bar.add_task(description, total=total, completed=start, info="")
 
 

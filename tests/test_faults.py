@@ -158,7 +158,7 @@ def test_interrupted_dataset_creation_leaves_nothing_behind(store, monkeypatch):
         load_episodes(DATA)
     monkeypatch.setattr(minari, "create_dataset_from_buffers", real)
     assert DATA not in minari.list_local_datasets()
-    assert [p.name for p in store.iterdir() if p.name.startswith(".")] == []  # no temp store left
+    assert [p.name for p in store.iterdir() if p.name.startswith(".rl_seq-tmp")] == []  # no temp store left
     assert load_episodes(DATA).num_episodes == 200
     assert DATA in minari.list_local_datasets()
 

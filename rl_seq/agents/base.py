@@ -104,13 +104,18 @@ class Agent:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
 
     def training_model(self) -> torch.nn.Module:
-        """The model as training calls it: ``torch.compile``'d when ``compile`` asks for it
-        (``auto``: on CUDA only). It shares the parameters of ``self.model``; acting and
-        saving use ``self.model`` itself."""
-        c = self.config.compile
+        """The model as training calls it: wrapped in ``DistributedDataParallel`` under
+        torchrun, ``torch.compile``'d when ``compile`` asks for it (``auto``: on CUDA only).
+        It shares the parameters of ``self.model``; acting and saving use ``self.model``."""
+        from rl_seq.engine import distributed
+
+        model, c = self.model, self.config.compile
+        if distributed():  # under torchrun: gradients all-reduced over the ranks
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if c == "on" or (c == "auto" and self.device.type == "cuda"):
-            return torch.compile(self.model)
-        return self.model
+            return torch.compile(model)
+        return model
 
     def _act(self, obs: torch.Tensor, state: Any, episode_start: np.ndarray,
              rewards: np.ndarray | None, deterministic: bool) -> tuple[np.ndarray, Any]:
@@ -145,7 +150,8 @@ class Agent:
         """Train for ``steps`` (default ``config.steps``): gradient steps on ``dataset`` for
         offline agents (a Minari id or :class:`Episodes`; ``env``: evaluate in this env id
         instead of the dataset's), env steps in ``env`` (a Gymnasium id) for online agents.
-        ``source`` is either, positionally. With ``out`` the run is a run folder (metrics,
+        ``source`` is either, positionally. Under torchrun, offline training is data-parallel
+        (see :mod:`rl_seq.engine`). With ``out`` the run is a run folder (metrics,
         checkpoints, final model, ``eval.json``, plot); ``resume`` continues it from its
         checkpoint. Returns ``last``/``best`` evaluations (dicts), ``step``, ``train``
         (the last logged metrics), ``data`` (the dataset's summary) and ``run``."""
@@ -168,7 +174,15 @@ class Agent:
             if env is not None:
                 with gym.make(env) as e:
                     data.check_spaces(e.observation_space, e.action_space)
-        return engine.train(self, self._work(steps or self.config.steps, data, env), out, resume)
+        owns_group = engine.init_distributed(self)
+        try:
+            if self.online and engine.distributed():
+                raise ValueError(f"{self.algo} trains online in one process; torchrun/DDP is for the offline "
+                                 "algorithms (run many online runs at once with `rl-seq sweep`)")
+            return engine.train(self, self._work(steps or self.config.steps, data, env), out, resume)
+        finally:
+            if owns_group:
+                torch.distributed.destroy_process_group()
 
     def _data_info(self, episodes: Episodes, env: str | None) -> dict:
         """An offline run's ``Work.info``: its dataset, eval env and the data's summary row."""

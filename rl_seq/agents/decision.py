@@ -35,7 +35,7 @@ from torch import nn
 from rl_seq.agents.base import Agent, EvalResult, param_groups, warmup
 from rl_seq.config import ConfigError, OfflineConfig
 from rl_seq.data import Episodes, SegmentSampler
-from rl_seq.engine import Work, eval_seed
+from rl_seq.engine import Work, eval_seed, global_mean, rank_seed
 from rl_seq.nets import Backbone, BackboneConfig, CategoricalHead, TanhHead
 from rl_seq.tokenizer import TrajectoryTokenizer
 
@@ -152,7 +152,7 @@ class DecisionAgent(Agent):
         info = self._data_info(dataset, env)
         segment = cfg.train_segment if cfg.segment is not None else max(cfg.context, min(cfg.train_segment,
                                                                                          int(dataset.lengths.max())))
-        sampler = SegmentSampler(dataset, segment, seed=cfg.seed, short_episodes=cfg.short_episodes,
+        sampler = SegmentSampler(dataset, segment, seed=rank_seed(cfg.seed), short_episodes=cfg.short_episodes,
                                  min_length=cfg.context)
         opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps))
@@ -169,7 +169,7 @@ class DecisionAgent(Agent):
                 per_step = F.cross_entropy(pred.transpose(1, 2), b["act"].long(), reduction="none")
             else:
                 per_step = ((pred - b["act"].float()) ** 2).mean(-1)
-            loss = (per_step * mask).sum() / mask.sum()
+            loss = global_mean((per_step * mask).sum(), mask.sum())  # over the real steps (of every rank)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -178,7 +178,7 @@ class DecisionAgent(Agent):
             sched.step()
             return 1, {"loss": loss.item(), "grad_norm": gnorm.item(), "lr": lr}
 
-        return Work(iterate, steps, dict(optimizer=opt, scheduler=sched, sampler=sampler), info)
+        return Work(iterate, steps, dict(optimizer=opt, scheduler=sched, sampler=sampler), info, per_rank=("sampler",))
 
     def final_evaluations(self) -> dict:
         """The evaluations at the config's other target returns (``other_targets``)."""

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from rl_seq.agents.base import Agent, param_groups, warmup
 from rl_seq.config import ConfigError, OfflineConfig
 from rl_seq.data import Episodes, SegmentSampler
-from rl_seq.engine import Work
+from rl_seq.engine import Work, rank_seed
 from rl_seq.nets import Backbone, BackboneConfig, QBinHead
 from rl_seq.tokenizer import TrajectoryTokenizer
 
@@ -193,7 +193,7 @@ class QTAgent(Agent):
         aug, final, terminal = with_final_steps(dataset)
         aug.rewards = self.scale_rewards(aug.rewards)
         mc = aug.returns_to_go(cfg.gamma)
-        sampler = SegmentSampler(aug, cfg.context + cfg.n_step, seed=cfg.seed,
+        sampler = SegmentSampler(aug, cfg.context + cfg.n_step, seed=rank_seed(cfg.seed),
                                  extra=dict(final=final, terminal=terminal, mc=mc))
         target = copy.deepcopy(self.model).requires_grad_(False)
         opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
@@ -227,7 +227,8 @@ class QTAgent(Agent):
             return 1, {"loss": loss.item(), "td": td.item(), "conservative": cons.item(), "grad_norm": gnorm.item(),
                        "lr": lr}
 
-        return Work(iterate, steps, dict(optimizer=opt, scheduler=sched, sampler=sampler, target=target), info)
+        return Work(iterate, steps, dict(optimizer=opt, scheduler=sched, sampler=sampler, target=target), info,
+                    per_rank=("sampler",))
 
     def _act(self, obs, state: QTState | None, episode_start, rewards, deterministic):
         n, d = obs.shape[0], self.model.dims

@@ -29,8 +29,7 @@ def load_minari(dataset_id: str, download: bool = False):
     local = local_datasets()
     if dataset_id not in local:
         if dataset_id in BUILTIN:
-            log.info("making built-in dataset %s (a few seconds)", dataset_id)
-            return make_builtin(dataset_id)
+            return _make_builtin_once(dataset_id)
         if download:
             minari.download_dataset(dataset_id)
             return minari.load_dataset(dataset_id)
@@ -47,3 +46,21 @@ def load_minari(dataset_id: str, download: bool = False):
 def load_episodes(dataset_id: str, download: bool = False) -> Episodes:
     """Episodes of a Minari dataset (see :func:`load_minari`)."""
     return Episodes.from_minari(load_minari(dataset_id, download))
+
+
+def _make_builtin_once(dataset_id: str):
+    """Make a built-in dataset, once however many processes ask at the same time (DDP ranks,
+    parallel runs): the first takes a lock on the store and makes it, the others wait and load it."""
+    import fcntl
+
+    import minari
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    root = get_dataset_path()
+    with open(root / ".rl_seq-builtin.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if dataset_id in local_datasets():  # another process made it while this one waited
+            return minari.load_dataset(dataset_id)
+        log.info("making built-in dataset %s (a few seconds)", dataset_id)
+        return make_builtin(dataset_id)
+

@@ -12,6 +12,7 @@ EPILOGS = {
     "main": """examples:
   rl-seq train dt --dataset rl_seq/pointgoal/medium-v0 --steps 2000
   rl-seq eval runs/dt-rl_seq_pointgoal_medium-v0-s0 --episodes 20 --json
+  rl-seq sweep dt --dataset rl_seq/pointgoal/medium-v0 --grid lr=1e-4,3e-4 --seeds 0 1
   rl-seq datasets list
   rl-seq bench kernels
   rl-seq plot runs/dt-* --out curves.png
@@ -30,6 +31,10 @@ EPILOGS = {
 
 Every config key (--set key=value, dotted for nested keys), per algorithm family:
 """,
+    "sweep": """examples:
+  rl-seq sweep dt --dataset hopper/medium-v0 --grid lr=1e-4,3e-4 --seeds 0 1 2 --steps 10000
+  rl-seq sweep gtrxl --env rl_seq/TMaze-v0 --grid ent_coef=0.0,0.01 --seeds 0 1 --cpus-per-trial 1
+  rl-seq sweep dt --dataset hopper/medium-v0 --grid context=10,20 --address ray://head:10001 --gpus-per-trial 1""",
     "eval": """examples:
   rl-seq eval runs/dt-hopper --episodes 10
   rl-seq eval runs/dt-hopper --target-return 3600 --json""",
@@ -100,6 +105,25 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--init", metavar="OFFLINE_RUN_DIR",
                    help="fine-tune this offline return-conditioned agent online in --env (ds4 and friends); "
                    "--set takes FinetuneConfig keys (steps, lr_actor, noise, ...)")
+
+    w = sub.add_parser("sweep", help="many runs (grid x seeds) through Ray Tune", epilog=EPILOGS["sweep"],
+                       formatter_class=fmt, description="Train ALGO at every grid point and seed as an ordinary "
+                       "run folder under --out, scheduled by Ray Tune (local Ray, or a cluster with --address), "
+                       "then print mean ± std over seeds of the last and best evaluations. Running the same "
+                       "sweep again skips finished trials and resumes stopped ones. Needs the dist extra.")
+    w.add_argument("algo", help=f"one of {', '.join(PRESETS)}")
+    w.add_argument("--dataset", help="offline algorithms: the dataset of every trial")
+    w.add_argument("--env", help="online algorithms: the env (offline: the env to evaluate in)")
+    w.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a config key and its values (repeatable; trials are the cartesian product)")
+    w.add_argument("--seeds", type=int, nargs="+", default=[0])
+    w.add_argument("--steps", type=int, help="training steps of every trial")
+    w.add_argument("--config", help="YAML config file for every trial")
+    w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting of every trial")
+    w.add_argument("--out", help="sweep folder (default runs/sweep-ALGO-SOURCE)")
+    w.add_argument("--address", help="a Ray cluster, e.g. ray://head:10001 or auto (default: Ray on this machine)")
+    w.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per trial (its torch threads)")
+    w.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial")
 
     e = sub.add_parser("eval", help="evaluate a trained run", epilog=EPILOGS["eval"], formatter_class=fmt)
     e.add_argument("run_dir", help="a run folder (or a saved agent folder)")
@@ -289,6 +313,28 @@ def _print_eval(res: dict, title: str, best: dict | None = None, data: dict | No
     Console().print(tab)
 
 
+def cmd_sweep(a) -> int:
+    from rl_seq.agents import PRESETS, config_for
+    from rl_seq.sweep import Sweep, parse_grid, run_sweep, table
+
+    if a.algo not in PRESETS:
+        config_for(a.algo)  # the helpful error
+    online = PRESETS[a.algo][0].online
+    if online and (not a.env or a.dataset):
+        raise CLIError(f"{a.algo} trains online: give --env ENV_ID and no --dataset")
+    if not online and not a.dataset:
+        raise CLIError(f"{a.algo} trains offline: give --dataset ID")
+    source = (a.env if online else a.dataset).replace("/", "_")
+    sweep = Sweep(a.algo, dataset=a.dataset, env=a.env, grid=parse_grid(a.grid), seeds=a.seeds, config=a.config,
+                  overrides=[*a.set, *([f"steps={a.steps}"] if a.steps else [])],
+                  out=a.out or f"runs/sweep-{a.algo}-{source}", cpus_per_trial=a.cpus_per_trial,
+                  gpus_per_trial=a.gpus_per_trial, address=a.address)
+    rows = run_sweep(sweep)
+    print(table(sweep, rows))
+    print(f"sweep folder: {sweep.out} (sweep.json, sweep.md, sweep.png; one run folder per trial)")
+    return 0
+
+
 def cmd_eval(a) -> int:
     from rl_seq.agents import DecisionAgent, load_agent
 
@@ -417,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     from rl_seq.data import DatasetNotFoundError
     from rl_seq.runs import CheckpointError, RunLockedError
 
-    handlers = {"train": cmd_train, "eval": cmd_eval, "datasets": cmd_datasets,
+    handlers = {"train": cmd_train, "sweep": cmd_sweep, "eval": cmd_eval, "datasets": cmd_datasets,
                 "bench": cmd_bench, "plot": cmd_plot, "list": cmd_list}
     try:
         return handlers[args.cmd](args)
@@ -426,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (CLIError, ConfigError, DatasetNotFoundError, CheckpointError, RunLockedError, FileExistsError,
             FileNotFoundError, NotADirectoryError, PermissionError, ValueError, TypeError, FloatingPointError,
-            gym.error.Error) as e:
+            ImportError, gym.error.Error) as e:
         if args.debug:
             raise
         hint = " (see `rl-seq list` for the built-in envs)" if isinstance(e, gym.error.Error) else ""

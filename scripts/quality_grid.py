@@ -1,11 +1,12 @@
-"""Issue #5's quality grid: train each offline algorithm on each D4RL-style dataset and
-write a table of normalised scores (last and best evaluation) next to the data's own score.
+"""The offline quality grid: train each offline algorithm on each D4RL-style dataset and write
+a table of normalised scores (last and best evaluation) next to the data's own score. Each
+(algorithm, dataset) is one ``rl-seq sweep`` (Ray Tune, its seeds in parallel).
 
     MINARI_DATASETS_PATH=../shared/datasets python scripts/quality_grid.py \\
-        --algos dt dc ds4 lram qt --steps 10000 --warmup 1000 --seeds 0 --out runs/grid
+        --algos dt dc ds4 lram qt --steps 10000 --warmup 1000 --seeds 0 1 2 --out runs/grid
 
-Runs that already finished (their eval.json exists) are skipped, so the grid resumes; a run
-stopped midway resumes from its checkpoint. Add --device cuda on a GPU machine; --report
+Finished runs are kept and stopped ones resume, so running it again completes the grid. Add
+--device cuda --gpus-per-trial 1 on a GPU machine (--address for a Ray cluster); --report
 writes the table of the finished runs without training the others.
 """
 
@@ -13,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from rl_seq.cli import main as cli
+from rl_seq.sweep import Sweep, run_sweep
 
 DATASETS = [f"{env}/{lvl}-v0" for env in ("hopper", "halfcheetah") for lvl in ("medium", "medium-replay", "expert")]
 
@@ -24,28 +24,21 @@ DATASETS = [f"{env}/{lvl}-v0" for env in ("hopper", "halfcheetah") for lvl in ("
 def run_grid(a) -> list[dict]:
     rows = []
     for ds in a.datasets:
-        env = ds.split("/")[0]
         for algo in a.algos:
+            cfg = Path("configs") / algo / f"{ds.split('/')[0]}.yaml"
+            sweep = Sweep(algo, dataset=ds, seeds=a.seeds, config=str(cfg) if cfg.exists() else None,
+                          overrides=[f"steps={a.steps}", f"warmup_steps={a.warmup}", f"eval_every={a.eval_every}",
+                                     f"device={a.device}"],
+                          out=str(Path(a.out) / f"{algo}-{ds.replace('/', '_')}"), cpus_per_trial=a.cpus_per_trial,
+                          gpus_per_trial=a.gpus_per_trial, address=a.address)
+            if not a.report:
+                run_sweep(sweep)
             for seed in a.seeds:
-                out = Path(a.out) / f"{algo}-{ds.replace('/', '_')}-s{seed}"
-                if a.report and not (out / "eval.json").exists():
-                    continue
-                if not (out / "eval.json").exists():
-                    cfg = Path("configs") / algo / f"{env}.yaml"
-                    argv = ["train", algo, "--dataset", ds, "--steps", str(a.steps), "--seed", str(seed),
-                            "--out", str(out), "--set", f"warmup_steps={a.warmup}",
-                            "--set", f"eval_every={a.eval_every}", "--set", f"device={a.device}",
-                            "--set", f"threads={a.threads}"]
-                    if cfg.exists():
-                        argv += ["--config", str(cfg)]
-                    if (out / "checkpoints" / "last.pt").exists():
-                        argv.append("--resume")
-                    if cli(argv) != 0:
-                        print(f"failed: {' '.join(argv)}", file=sys.stderr)
-                        continue
-                rep = json.loads((out / "eval.json").read_text())
-                rows.append(dict(algo=algo, dataset=ds, seed=seed, last=rep["last"]["normalized_score"],
-                                 best=rep["best"]["normalized_score"], step=rep["last"]["step"]))
+                f = sweep.trial_dir({}, seed) / "eval.json"
+                if f.exists():
+                    rep = json.loads(f.read_text())
+                    rows.append(dict(algo=algo, dataset=ds, seed=seed, last=rep["last"]["normalized_score"],
+                                     best=rep["best"]["normalized_score"], step=rep["last"]["step"]))
     return rows
 
 
@@ -80,7 +73,9 @@ if __name__ == "__main__":
     p.add_argument("--warmup", type=int, default=1_000)
     p.add_argument("--eval-every", type=int, default=2_000)
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per run (its torch threads)")
+    p.add_argument("--gpus-per-trial", type=float, default=0)
+    p.add_argument("--address", help="a Ray cluster (default: Ray on this machine)")
     p.add_argument("--out", default="runs/grid")
     p.add_argument("--table", default="docs/results_grid.md")
     p.add_argument("--report", action="store_true", help="only write the table of the runs already finished")
@@ -89,6 +84,6 @@ if __name__ == "__main__":
     from rl_seq.data import load_episodes
 
     scores = {ds: load_episodes(ds).summary().get("normalized_score", float("nan")) for ds in a.datasets}
-    text = table(rows, scores, f"{a.steps} gradient steps (warm-up {a.warmup}), batch 64, seeds {a.seeds}")
+    text = table(rows, scores, f"{a.steps} gradient steps (warm-up {a.warmup}), seeds {a.seeds}")
     Path(a.table).write_text(text + "\n")
     print(text)

@@ -27,7 +27,10 @@ EPILOGS = {
   torchrun --nproc_per_node 2 -m rl_seq train dt --dataset hopper/medium-v0   # the same, by hand
   rl-seq train relit --env rl_seq/TMaze-v0 --set env_kwargs.corridor_length=50 --steps 400000
   rl-seq train lstm --env CartPole-v1 --backbone none      # the memoryless baseline
-  rl-seq train ds4 --env Hopper-v5 --init runs/ds4-hopper --steps 20000   # online fine-tuning
+  rl-seq train odt --dataset hopper/medium-v0 --steps 10000 --online-steps 20000   # Online DT
+  rl-seq train odt --init runs/dt-hopper --online-steps 20000      # online phase of a trained dt run
+  rl-seq train odt --dataset hopper/medium-v0 --backbone s4d       # Decision-S4 with its online phase
+  rl-seq train ds4 --env Hopper-v5 --init runs/ds4-hopper --steps 20000   # TD3+BC fine-tuning
 
 Every config key (--set key=value, dotted for nested keys), per algorithm family:
 """,
@@ -71,14 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     from rl_seq.config import describe
 
     sections = []
-    for algos, name in (("dt dc ds4 lram", "dt"), ("qt", "qt"), ("gtrxl relit lstm", "lstm")):
+    for algos, name in (("dt dc ds4 lram", "dt"), ("odt", "odt"), ("qt", "qt"), ("gtrxl relit lstm", "lstm")):
         rows = "\n".join(f"  {k:32s} {d:>10s}  {doc}" for k, d, doc in describe(type(config_for(name))))
         sections.append(f"[{algos}]\n{rows}")
     keys = "\n\n".join(sections)
     t = sub.add_parser("train", help="train an agent", epilog=EPILOGS["train"] + keys,
                        formatter_class=fmt, description="Train ALGO offline on a Minari dataset "
-                       "(--dataset; dt dc ds4 lram qt) or online in a Gymnasium env (--env; gtrxl relit "
-                       "lstm), evaluating periodically.")
+                       "(--dataset; dt dc ds4 lram qt; odt offline then online) or online in a Gymnasium env "
+                       "(--env; gtrxl relit lstm), evaluating periodically.")
     t.add_argument("algo", help=f"one of {', '.join(PRESETS)}")
     t.add_argument("--dataset", help="offline algorithms: Minari dataset id (local, built-in, or --download)")
     t.add_argument("--env", help="online algorithms: the env to train in; offline ones: the env to "
@@ -99,12 +102,15 @@ def _parser() -> argparse.ArgumentParser:
                    "reset, so an episode in progress is lost. Metrics logged after the checkpoint are dropped")
     t.add_argument("--wandb", action="store_true", help="also log to wandb (offline by default)")
     t.add_argument("--download", action="store_true", help="download the dataset if not local")
+    t.add_argument("--online-steps", type=int, metavar="M",
+                   help="odt: env steps of the online phase after the offline one (config: online_steps)")
     t.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="offline algorithms: train data-parallel in N processes (starts torchrun; the global "
                    "batch is batch_size x N; gloo on CPU, NCCL on CUDA)")
     t.add_argument("--init", metavar="OFFLINE_RUN_DIR",
-                   help="fine-tune this offline return-conditioned agent online in --env (ds4 and friends); "
-                   "--set takes FinetuneConfig keys (steps, lr_actor, noise, ...)")
+                   help="odt: start the online phase from this dt/dc/ds4/lram run (no offline phase). Other "
+                   "return-conditioned algorithms: the TD3+BC fine-tune of this run in --env (--set takes its "
+                   "keys: steps, lr_actor, noise, ...)")
 
     w = sub.add_parser("sweep", help="many runs (grid x seeds) through Ray Tune", epilog=EPILOGS["sweep"],
                        formatter_class=fmt, description="Train ALGO at every grid point and seed as an ordinary "
@@ -200,11 +206,12 @@ def cmd_train(a) -> int:
     import yaml
 
     from rl_seq.agents import PRESETS, config_for, make_agent
+    from rl_seq.config import to_dict
     from rl_seq.engine import world
 
     if a.algo not in PRESETS:
         config_for(a.algo)  # the helpful error
-    if a.init:
+    if a.init and a.algo != "odt":
         return _finetune(a)
     online = PRESETS[a.algo][0].online
     if a.nproc > 1:
@@ -216,7 +223,18 @@ def cmd_train(a) -> int:
                        "(or train an offline algorithm on it: dt, dc, ds4, lram, qt)")
     if not online and not a.dataset:
         raise CLIError(f"{a.algo} trains offline: give --dataset ID (see `rl-seq datasets list`)")
-    cfg = config_for(a.algo, a.config, _overrides(a))
+    init = None
+    if a.init:  # odt from a trained run: its architecture, no offline phase
+        from rl_seq.agents import DecisionAgent, load_agent
+
+        init = load_agent(a.init)
+        if not isinstance(init, DecisionAgent):
+            raise CLIError(f"--init takes a return-conditioned run (dt, dc, ds4, lram), not {init.algo}")
+        a.dataset = a.dataset or init.meta.get("dataset_id")
+        arch = {k: getattr(init.config, k) for k in ("context", "segment", "max_timestep", "return_scale")}
+        cfg = config_for(a.algo, a.config, _overrides(a), backbone=to_dict(init.config.backbone), **arch)
+    else:
+        cfg = config_for(a.algo, a.config, _overrides(a))
     source = a.env if online else a.dataset
     out = Path(a.out or f"runs/{a.algo}-{source.replace('/', '_')}-s{cfg.seed}")
     say = print if world()[0] == 0 else (lambda *_: None)
@@ -229,8 +247,11 @@ def cmd_train(a) -> int:
 
         episodes = load_episodes(a.dataset, download=a.download)
         agent = make_agent(a.algo, dataset=episodes, config=cfg)
+        if init is not None:
+            agent.init_from(init)
         say(f"run folder: {out}")
-        result = agent.learn(dataset=episodes, env=a.env, out=out, resume=a.resume)
+        result = agent.learn(dataset=episodes, env=a.env, out=out, resume=a.resume,
+                             **({"steps": 0} if init is not None else {}))
     if world()[0] > 0:  # DDP: rank 0 reports
         return 0
     if result["last"] is not None:
@@ -263,7 +284,8 @@ def _torchrun(a, online: bool) -> int:
 def _overrides(a) -> list[str]:
     """--set plus the flags that are config keys."""
     overrides = list(a.set)
-    for flag, key in ((a.steps, "steps"), (a.seed, "seed"), (a.backbone, "backbone.mixer")):
+    for flag, key in ((a.steps, "steps"), (a.seed, "seed"), (a.backbone, "backbone.mixer"),
+                      (getattr(a, "online_steps", None), "online_steps")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
     if a.wandb:

@@ -155,6 +155,9 @@ class Work:
     ``seed``, ``wandb``); None = the agent's config."""
     before: bool = False
     """Evaluate once before the first iteration (fine-tuning: the starting policy)."""
+    milestones: dict[str, int] = field(default_factory=dict)
+    """Named steps to evaluate at, reported under their name (``{"offline": N}``: the end of
+    an offline phase)."""
     per_rank: tuple[str, ...] = ()
     """Entries of ``state`` that differ between DDP ranks (each rank's sampler): the
     checkpoint keeps every rank's."""
@@ -180,7 +183,7 @@ def train(agent: Agent, work: Work, out: str | Path | None = None, resume: bool 
                                 config=to_dict(cfg)), resume=resume, wandb=cfg.wandb, wandb_project=cfg.wandb_project)
         result = _loop(agent, work, cfg, run, resume, None if out is None else Path(out))
         if run is not None:
-            _finish(agent, run, result)
+            _finish(agent, run, result, work)
     finally:
         work.close()
         if run is not None:
@@ -250,6 +253,10 @@ def _loop(agent: Agent, work: Work, cfg: TrainConfig, run: Run | None, resume: b
                     run.log(step, "train", m)
                 show = work.show or [k for k in m if k != "lr"]
                 bar.update(task, info=" ".join(f"{k}={m[k]:.4g}" for k in show if k in m))
+            for name, at in work.milestones.items():
+                if can_eval and prev < at <= step:
+                    ev[name] = evaluate(step, name)
+                    log.info("%s: mean return %.4g at step %d", name, ev[name]["mean_return"], step)
             if can_eval and _crossed(step, prev, cfg.eval_every) and step < total:
                 ev["last"] = evaluate(step)
                 if ev["best"] is None or ev["last"]["mean_return"] > ev["best"]["mean_return"]:
@@ -275,7 +282,7 @@ def _loop(agent: Agent, work: Work, cfg: TrainConfig, run: Run | None, resume: b
     return dict(**ev, step=step, train=metrics, data=work.info.get("data"), run=None if run is None else str(run.dir))
 
 
-def _finish(agent: Agent, run: Run, result: dict) -> None:
+def _finish(agent: Agent, run: Run, result: dict, work: Work) -> None:
     """The run folder's final model, ``eval.json`` and plot."""
     from rl_seq.plot import plot_runs
 
@@ -283,8 +290,9 @@ def _finish(agent: Agent, run: Run, result: dict) -> None:
     report = dict(last=result["last"], best=result["best"],
                   note="last = evaluation at the final step; best = the periodic evaluation with the highest "
                        "mean return")
-    if result["before"] is not None:
-        report["before"] = result["before"]
+    for k in ("before", *work.milestones):
+        if result.get(k) is not None:
+            report[k] = result[k]
     report.update(agent.final_evaluations())
     run.write_json("eval.json", report)
     run.write_csv()

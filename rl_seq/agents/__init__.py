@@ -8,6 +8,7 @@ import gymnasium as gym
 
 from rl_seq.agents.base import Agent, EvalResult
 from rl_seq.agents.decision import DecisionAgent, DecisionConfig
+from rl_seq.agents.odt import ODTAgent, ODTConfig
 from rl_seq.agents.ppo import PPOAgent, PPOConfig
 from rl_seq.agents.q_transformer import QTAgent, QTConfig
 from rl_seq.config import load_config, merge
@@ -19,6 +20,9 @@ PRESETS: dict[str, tuple[type[Agent], dict, str]] = {
     "dt": (DecisionAgent, dict(batch_size=32, backbone=dict(mixer="attention", n_heads=1, activation="relu",
                                                             init="gpt2", mixer_options=dict(dropout=0.1))),
            "Decision Transformer: return-conditioned BC, causal softmax attention"),
+    "odt": (ODTAgent, dict(batch_size=32, backbone=dict(mixer="attention", n_heads=1, activation="relu",
+                                                          init="gpt2", mixer_options=dict(dropout=0.1))),
+            "Online Decision Transformer: dt pretrained offline, then fine-tuned online (stochastic policy)"),
     "dc": (DecisionAgent, dict(backbone=dict(mixer="conv", mixer_options=dict(kernel_size=6))),
            "Decision ConvFormer: return-conditioned BC, causal depthwise convolution"),
     "ds4": (DecisionAgent, dict(context=100, backbone=dict(mixer="s4d", dropout=0.0)),
@@ -94,6 +98,5 @@ def load_agent(path) -> Agent:
     return Agent.load(path)
 
 
-__all__ = ["Agent", "EvalResult", "DecisionAgent", "DecisionConfig", "QTAgent", "QTConfig", "PPOAgent",
-           "PPOConfig", "ALGOS", "PRESETS",
-           "make_agent", "load_agent", "config_for"]
+__all__ = ["Agent", "EvalResult", "DecisionAgent", "DecisionConfig", "ODTAgent", "ODTConfig", "QTAgent", "QTConfig",
+           "PPOAgent", "PPOConfig", "ALGOS", "PRESETS", "make_agent", "load_agent", "config_for"]

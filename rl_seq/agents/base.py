@@ -146,14 +146,15 @@ class Agent:
 
     # -- training (one interface; the loop is rl_seq.engine) ---------------------------
     def learn(self, source: Any = None, steps: int | None = None, *, dataset: Any = None, env: str | None = None,
-              out: str | Path | None = None, resume: bool = False) -> dict:
+              out: str | Path | None = None, resume: bool = False, **options) -> dict:
         """Train for ``steps`` (default ``config.steps``): gradient steps on ``dataset`` for
         offline agents (a Minari id or :class:`Episodes`; ``env``: evaluate in this env id
         instead of the dataset's), env steps in ``env`` (a Gymnasium id) for online agents.
         ``source`` is either, positionally. Under torchrun, offline training is data-parallel
         (see :mod:`rl_seq.engine`). With ``out`` the run is a run folder (metrics,
         checkpoints, final model, ``eval.json``, plot); ``resume`` continues it from its
-        checkpoint. Returns ``last``/``best`` evaluations (dicts), ``step``, ``train``
+        checkpoint. ``options`` go to the algorithm (``odt``: ``online_steps``). Returns
+        ``last``/``best`` evaluations (dicts), ``step``, ``train``
         (the last logged metrics), ``data`` (the dataset's summary) and ``run``."""
         from rl_seq import engine
         from rl_seq.data import load_episodes
@@ -179,7 +180,8 @@ class Agent:
             if self.online and engine.distributed():
                 raise ValueError(f"{self.algo} trains online in one process; torchrun/DDP is for the offline "
                                  "algorithms (run many online runs at once with `rl-seq sweep`)")
-            return engine.train(self, self._work(steps or self.config.steps, data, env), out, resume)
+            steps = self.config.steps if steps is None else steps
+            return engine.train(self, self._work(steps, data, env, **options), out, resume)
         finally:
             if owns_group:
                 torch.distributed.destroy_process_group()

@@ -36,7 +36,7 @@ from rl_seq.agents.base import Agent, EvalResult, param_groups, warmup
 from rl_seq.config import ConfigError, OfflineConfig
 from rl_seq.data import Episodes, SegmentSampler
 from rl_seq.engine import Work, eval_seed, global_mean, rank_seed
-from rl_seq.nets import Backbone, BackboneConfig, CategoricalHead, TanhHead
+from rl_seq.nets import Backbone, BackboneConfig, CategoricalHead, SquashedGaussianHead, TanhHead
 from rl_seq.tokenizer import TrajectoryTokenizer
 
 
@@ -87,7 +87,11 @@ class DecisionConfig(OfflineConfig):
 
 
 class DecisionModel(nn.Module):
-    def __init__(self, obs_space: gym.Space, act_space: gym.Space, cfg: DecisionConfig) -> None:
+    """Tokenizer + backbone + action head. ``stochastic``: a squashed Gaussian policy (Online
+    Decision Transformer) instead of the deterministic tanh head (continuous actions)."""
+
+    def __init__(self, obs_space: gym.Space, act_space: gym.Space, cfg: DecisionConfig,
+                 stochastic: bool = False) -> None:
         super().__init__()
         D = cfg.backbone.d_model
         tok = TrajectoryTokenizer(obs_space, act_space, D, "rtg,obs,act", cfg.max_timestep)
@@ -97,7 +101,10 @@ class DecisionModel(nn.Module):
             bb = dataclasses.replace(bb, mixer_options={**bb.mixer_options, "window": 3 * cfg.context - 1})
         self.backbone = Backbone(tok, bb)
         self.discrete = isinstance(act_space, gym.spaces.Discrete)
-        self.head = CategoricalHead(D, int(act_space.n)) if self.discrete else TanhHead(D, act_space)
+        if self.discrete:
+            self.head = CategoricalHead(D, int(act_space.n))
+        else:
+            self.head = SquashedGaussianHead(D, act_space) if stochastic else TanhHead(D, act_space)
         self.register_buffer("return_scale", torch.ones(()))
 
     def fields(self, obs, act, rtg, timestep) -> dict:
@@ -108,6 +115,10 @@ class DecisionModel(nn.Module):
         logits [B,K,n] (discrete)."""
         h = self.backbone.features(fields, episode_start, "obs")
         return self.head.net(h) if self.discrete else self.head(h)
+
+    def features(self, fields: dict, episode_start: torch.Tensor) -> torch.Tensor:
+        """fields [B,K,...] -> the backbone's outputs at the state tokens, [B,K,D]."""
+        return self.backbone.features(fields, episode_start, "obs")
 
 
 @dataclass
@@ -239,7 +250,7 @@ class DecisionAgent(Agent):
             logits = self.model.head.net(h)
             action = logits.argmax(-1) if deterministic else torch.distributions.Categorical(logits=logits).sample()
         else:
-            action = self.model.head(h)
+            action = self.model.head.act(h, deterministic)
         state.prev_action = action
         return action.cpu().numpy(), state
 

@@ -61,6 +61,17 @@ class Episodes:
         out.validate()
         return out
 
+    def to_episode_list(self) -> list[dict]:
+        """The inverse of :meth:`from_episode_list`: one dict per episode (``observations``
+        [T+1, ...] with the final one, ``actions``, ``rewards``, ``terminations``,
+        ``truncations`` [T])."""
+        out = []
+        for i, (a, b) in enumerate(zip(self.offsets[:-1], self.offsets[1:], strict=True)):
+            out.append(dict(observations=np.concatenate([self.observations[a:b], self.final_observations[i:i + 1]]),
+                            actions=self.actions[a:b], rewards=self.rewards[a:b],
+                            terminations=self.terminations[a:b], truncations=self.truncations[a:b]))
+        return out
+
     @classmethod
     def from_minari(cls, dataset) -> Episodes:
         """From a loaded ``minari.MinariDataset``."""

@@ -1,7 +1,7 @@
 """Backbones (tokenizer + blocks) and heads."""
 
 from rl_seq.nets.backbone import Backbone, BackboneConfig, Block, GRUGate
-from rl_seq.nets.heads import CategoricalHead, GaussianHead, QBinHead, TanhHead, ValueHead
+from rl_seq.nets.heads import CategoricalHead, GaussianHead, QBinHead, SquashedGaussianHead, TanhHead, ValueHead
 
 __all__ = ["Backbone", "BackboneConfig", "Block", "GRUGate", "TanhHead",
-           "GaussianHead", "CategoricalHead", "QBinHead", "ValueHead"]
+           "GaussianHead", "SquashedGaussianHead", "CategoricalHead", "QBinHead", "ValueHead"]

@@ -23,6 +23,48 @@ class TanhHead(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         return self.low + (torch.tanh(self.net(h)) + 1) * 0.5 * (self.high - self.low)
 
+    def act(self, h: Tensor, deterministic: bool = True) -> Tensor:
+        return self(h)
+
+
+class SquashedGaussianHead(nn.Module):
+    """Stochastic continuous action: a diagonal Gaussian (mean and log-std from h, log-std
+    clamped to [-5, 2]) squashed by tanh onto the action bounds. ``forward`` gives the
+    deterministic action (the squashed mean), ``dist`` the distribution. [..., D] -> [..., d]"""
+
+    def __init__(self, d_model: int, space: gym.spaces.Box) -> None:
+        super().__init__()
+        if not space.is_bounded("both"):
+            raise ValueError(f"a squashed Gaussian head needs a bounded action space, got {space}")
+        d = int(np.prod(space.shape))
+        self.net = nn.Linear(d_model, 2 * d)
+        self.register_buffer("low", torch.as_tensor(space.low, dtype=torch.float32).flatten())
+        self.register_buffer("high", torch.as_tensor(space.high, dtype=torch.float32).flatten())
+
+    def forward(self, h: Tensor) -> Tensor:
+        mean = self.net(h).chunk(2, -1)[0]
+        return self.low + (torch.tanh(mean) + 1) * 0.5 * (self.high - self.low)
+
+    def dist(self, h: Tensor) -> torch.distributions.Distribution:
+        from torch.distributions import AffineTransform, Independent, TanhTransform, TransformedDistribution
+
+        mean, log_std = self.net(h).chunk(2, -1)
+        base = Independent(Normal(mean, log_std.clamp(-5, 2).exp()), 1)
+        # cached transforms: log_prob of a sample reuses its pre-tanh value (no atanh of a
+        # saturated ±1, which is infinite in float32)
+        return TransformedDistribution(base, [TanhTransform(cache_size=1), AffineTransform(
+            (self.high + self.low) / 2, (self.high - self.low) / 2, event_dim=1, cache_size=1)])
+
+    def log_prob(self, h: Tensor, action: Tensor) -> Tensor:
+        """log π(action | h), [...]: actions at the bounds are moved just inside them (tanh
+        reaches the bounds only at infinity)."""
+        mid, half = (self.high + self.low) / 2, (self.high - self.low) / 2
+        a = mid + (action - mid).clamp(-half * (1 - 1e-6), half * (1 - 1e-6))
+        return self.dist(h).log_prob(a)
+
+    def act(self, h: Tensor, deterministic: bool = True) -> Tensor:
+        return self(h) if deterministic else self.dist(h).sample()
+
 
 class GaussianHead(nn.Module):
     """Diagonal Gaussian with a state-independent log-std. [..., D] -> Normal over [..., d]"""

@@ -117,8 +117,9 @@ def mean_std(xs: list[float]) -> str:
 def score_table(rows: list[dict], a) -> tuple[str, list[dict]]:
     from rl_seq.data import load_episodes
 
-    lines = [f"{a.steps} gradient steps (warm-up {a.warmup}), context K=20, 1,280 steps a batch (d3rlpy: 64 windows "
-             "of 20; rl_seq: 32 windows of 40, attention over the last 20), 1 thread, "
+    extra = " ".join(a.rl_seq_set[1::2])
+    lines = [f"{a.steps} gradient steps (warm-up {a.warmup}), context K=20, batches of 64 windows of 20 steps "
+             f"(rl_seq: its dt preset{', with ' + extra if extra else ''}), 1 thread, "
              f"{a.episodes} evaluation episodes on the same env seeds; normalised score x100, mean ± std over "
              f"seeds (n). rl_seq's best is its best of the evaluations every {a.eval_every or a.steps} steps "
              "(d3rlpy evaluates once, at the end); the ratio compares the last evaluations.",

@@ -69,7 +69,7 @@ def test_none_is_a_mixer_name_and_null_for_optional_fields():
 
 
 def test_decision_training_segment():
-    assert config_for("dt").train_segment == 40  # attention: 2K, the sliding window binds in training
-    assert config_for("dc").train_segment == 20 and config_for("dt", overrides=["segment=25"]).train_segment == 25
+    assert config_for("dt").train_segment == 20 and config_for("dt").batch_size == 64  # the reference recipe
+    assert config_for("dc").train_segment == 20 and config_for("dt", overrides=["segment=40"]).train_segment == 40
     with pytest.raises(ConfigError, match="segment must be >= context"):
         config_for("dt", overrides=["segment=10"])

@@ -16,11 +16,10 @@ from rl_seq.kernels import mixer_options
 
 # name -> (agent class, preset over the config defaults, one-line description)
 PRESETS: dict[str, tuple[type[Agent], dict, str]] = {
-    # dt: windows of 2K steps (segment), so batch 32 holds the reference recipe's 64 x K steps
-    "dt": (DecisionAgent, dict(batch_size=32, backbone=dict(mixer="attention", n_heads=1, activation="relu",
+    "dt": (DecisionAgent, dict(backbone=dict(mixer="attention", n_heads=1, activation="relu",
                                                             init="gpt2", mixer_options=dict(dropout=0.1))),
            "Decision Transformer: return-conditioned BC, causal softmax attention"),
-    "odt": (ODTAgent, dict(batch_size=32, backbone=dict(mixer="attention", n_heads=1, activation="relu",
+    "odt": (ODTAgent, dict(backbone=dict(mixer="attention", n_heads=1, activation="relu",
                                                           init="gpt2", mixer_options=dict(dropout=0.1))),
             "Online Decision Transformer: dt pretrained offline, then fine-tuned online (stochastic policy)"),
     "dc": (DecisionAgent, dict(backbone=dict(mixer="conv", mixer_options=dict(kernel_size=6))),

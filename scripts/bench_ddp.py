@@ -40,7 +40,7 @@ def run(dataset: str, steps: int, procs: int, threads: int, out: Path) -> dict:
     sps = (last["step"] - first["step"]) / (last["time"] - first["time"])
     batch = yaml.safe_load((out / "config.yaml").read_text())["config"]
     return dict(processes=procs, threads=threads, steps_per_s=sps, samples_per_s=sps * batch["batch_size"] * procs,
-                per_rank_batch=batch["batch_size"], segment_steps=2 * batch["context"])
+                per_rank_batch=batch["batch_size"], segment_steps=batch["segment"] or batch["context"])
 
 
 def main() -> None:

@@ -137,10 +137,11 @@ class DecisionState:
 class DecisionAgent(Agent):
     algo = "dt"
     config_class = DecisionConfig
+    stochastic = False  # the policy head: deterministic tanh, or a squashed Gaussian (odt)
 
     def _build(self) -> nn.Module:
         self.acting = self.config.acting  # the acting mode; evaluate(acting=...) switches it for one call
-        model = DecisionModel(self.observation_space, self.action_space, self.config)
+        model = DecisionModel(self.observation_space, self.action_space, self.config, self.stochastic)
         if "return_scale" in self.meta:
             model.return_scale.fill_(self.meta["return_scale"])
         return model
@@ -162,10 +163,8 @@ class DecisionAgent(Agent):
         cfg = self.config
         self.setup_from_data(dataset)
         info = self._data_info(dataset, env)
-        segment = cfg.train_segment if cfg.segment is not None else max(cfg.context, min(cfg.train_segment,
-                                                                                         int(dataset.lengths.max())))
-        sampler = SegmentSampler(dataset, segment, seed=rank_seed(cfg.seed), short_episodes=cfg.short_episodes,
-                                 min_length=cfg.context)
+        sampler = SegmentSampler(dataset, cfg.train_segment, seed=rank_seed(cfg.seed),
+                                 short_episodes=cfg.short_episodes, min_length=cfg.context)
         opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps))
         dev, model = self.device, self.training_model()

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from rl_seq.agents.base import param_groups, warmup
-from rl_seq.agents.decision import DecisionAgent, DecisionConfig, DecisionModel
+from rl_seq.agents.decision import DecisionAgent, DecisionConfig
 from rl_seq.config import ConfigError
 from rl_seq.data import Episodes, SegmentSampler
 from rl_seq.engine import Work, distributed
@@ -135,15 +135,12 @@ class TrajectoryBuffer:
 class ODTAgent(DecisionAgent):
     algo = "odt"
     config_class = ODTConfig
+    stochastic = True
 
     def _build(self) -> nn.Module:
         if not isinstance(self.action_space, gym.spaces.Box):
             raise TypeError(f"odt's policy is a squashed Gaussian over Box actions; got {self.action_space}")
-        self.acting = self.config.acting
-        model = DecisionModel(self.observation_space, self.action_space, self.config, stochastic=True)
-        if "return_scale" in self.meta:
-            model.return_scale.fill_(self.meta["return_scale"])
-        return model
+        return super()._build()
 
     def init_from(self, offline: DecisionAgent) -> None:
         """Start from a trained ``dt``/``dc``/``ds4``/``lram`` agent of the same architecture:
@@ -176,7 +173,7 @@ class ODTAgent(DecisionAgent):
         target_entropy = -float(np.prod(self.action_space.shape)) if cfg.target_entropy is None else cfg.target_entropy
         best = float(dataset.episode_returns().max())
         explore_target = best + (cfg.online_target_scale - 1) * abs(best)  # = scale x best when best > 0
-        segment = max(cfg.context, min(cfg.train_segment, int(dataset.lengths.max())))
+        segment = cfg.train_segment
         offline = SegmentSampler(dataset, segment, seed=cfg.seed, short_episodes=cfg.short_episodes,
                                  min_length=cfg.context)
         model, temp = self.model, Temperature(cfg.init_temperature).to(dev)
@@ -235,7 +232,6 @@ class ODTAgent(DecisionAgent):
                 return 1, update(offline, cfg.batch_size)
             if not buffer.trajectories:  # the online phase starts (also after a resume, if empty)
                 buffer.fill(dataset)
-            model.train()
             traj = collect(step)  # env seeds from the step: the same after a resume
             buffer.add(traj)
             data = buffer.episodes(self.observation_space, self.action_space)  # hindsight returns-to-go

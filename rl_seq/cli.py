@@ -498,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         hint = " (see `rl-seq list` for the built-in envs)" if isinstance(e, gym.error.Error) else ""
+        if "`popgym-" in str(e):  # popgym registers its ids on import: gymnasium's module:id form does it
+            hint = "; popgym ids need their module: --env popgym:popgym-... (pip install 'rl-seq[popgym]')"
         print(f"error: {e}{hint}", file=sys.stderr)
         if not isinstance(e, CLIError | ConfigError):
             print("(run with --debug to see the traceback)", file=sys.stderr)

@@ -51,20 +51,21 @@ def test_next_step_autoreset_is_masked_and_resets_state():
     assert ro.timestep[:, 0].tolist() == [0, 1, 2, 0, 0, 1, 2, 0]  # step within the episode (dummies masked)
 
 
-@pytest.mark.parametrize("algo", ["lstm", "relit"])
-def test_training_forward_reproduces_the_rollouts_log_probs(algo):
+@pytest.mark.parametrize("algo,critic", [("lstm", "shared"), ("relit", "shared"), ("gtrxl", "separate")])
+def test_training_forward_reproduces_the_rollouts_log_probs(algo, critic):
     """The parallel forward over a stored rollout (resets, timesteps, previous action and
-    reward) gives the log-probs and values the step-by-step rollout computed."""
+    reward) gives the log-probs and values the step-by-step rollout computed, with the
+    critic's memory shared or separate."""
     agent = rl_seq.make_agent(algo, "test/Countdown-v0", n_envs=2, n_steps=16, seq_len=16, n_minibatches=1,
-                              max_timestep=8)
+                              max_timestep=8, critic=critic)
     venv = agent.make_train_env("test/Countdown-v0")
     c = agent.start_carry(venv, 0)
     agent.collect(venv, c, T=5, L=5)  # start mid-episode: the stored state carries over
     ro = agent.collect(venv, c, T=16, L=16)
     f = {k: getattr(ro, k).transpose(0, 1) for k in ("obs", "prev_act", "prev_rew", "timestep")}
     with torch.no_grad():
-        h, _ = agent.model.eval().backbone(f, ro.stored[0], ro.start.transpose(0, 1))
-        _, logp, _, value = agent.model.heads(h, ro.act.transpose(0, 1))
+        h, hv, _ = agent.model.eval().sequence(f, ro.stored[0], ro.start.transpose(0, 1))
+        _, logp, _, value = agent.model.heads(h, ro.act.transpose(0, 1), hv)
     valid = ro.valid.transpose(0, 1)
     assert torch.allclose(logp[valid], ro.logp.transpose(0, 1)[valid], atol=1e-5)
     assert torch.allclose(value[valid], ro.val.transpose(0, 1)[valid], atol=1e-5)
@@ -157,15 +158,19 @@ def test_cartpole_without_velocities():
 
 @pytest.mark.parametrize("algo,threshold", [("lstm", 60), ("gtrxl", 30)])
 def test_cartpole_smoke(algo, threshold):
-    """A CI-sized budget (random play scores about 22); the full runs reach 475+ (see docs)."""
+    """A CI-sized budget (random play scores about 22) on the cheap update (4 epochs × 4
+    minibatches, one memory for actor and critic: a fifth of the defaults' compute); the
+    defaults are measured in scripts/bench_online_peers.py."""
     torch.manual_seed(0)
-    agent = rl_seq.make_agent(algo, "CartPole-v1", eval_episodes=5, eval_every=0, seed=0)
+    agent = rl_seq.make_agent(algo, "CartPole-v1", eval_episodes=5, eval_every=0, seed=0, n_epochs=4,
+                              n_minibatches=4, critic="shared")
     out = agent.learn("CartPole-v1", steps=25_000)
     assert out["last"]["mean_return"] > threshold, out["last"]["mean_return"]
 
 
 def test_relit_learns_a_short_tmaze_and_memoryless_does_not():
-    kw = dict(env_kwargs=dict(corridor_length=3), eval_episodes=20, eval_every=0, seed=0)
+    kw = dict(env_kwargs=dict(corridor_length=3), eval_episodes=20, eval_every=0, seed=0, n_epochs=4, n_minibatches=4,
+              critic="shared")  # the cheap update, as in test_cartpole_smoke
     relit = rl_seq.make_agent("relit", "rl_seq/TMaze-v0", **kw).learn("rl_seq/TMaze-v0", steps=24_576)
     assert relit["last"]["mean_return"] >= 0.9
     mlp = rl_seq.make_agent("lstm", "rl_seq/TMaze-v0", backbone=dict(mixer="none"), **kw)

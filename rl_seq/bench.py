@@ -226,9 +226,10 @@ def bench_ppo(out: str | Path = "bench_ppo.json", env_id: str = "CartPole-v1", s
               backbones=("lstm", "agalite")) -> dict:
     """Env steps/s of recurrent PPO on the same env, n_envs and rollout size (rollout and
     update both count): sb3-contrib's RecurrentPPO (MlpLstmPolicy, LSTM ``hidden``, its
-    defaults: 10 epochs of 128-step minibatches) against rl_seq's PPO on each backbone at width
-    ``hidden`` - at rl_seq's defaults (4 epochs, 4 minibatches) and at sb3-contrib's update
-    settings (10 epochs, 128-step minibatches)."""
+    defaults: 10 epochs of 128-step minibatches, the critic with its own LSTM) against rl_seq's
+    PPO on each backbone at width ``hidden``: at its defaults (the same update), with one
+    memory shared by actor and critic, and with the cheap update (4 epochs × 4 minibatches,
+    shared)."""
     import logging
 
     import rl_seq
@@ -249,11 +250,14 @@ def bench_ppo(out: str | Path = "bench_ppo.json", env_id: str = "CartPole-v1", s
         t = time.perf_counter()
         model.learn(steps, reset_num_timesteps=False)
         base = steps / (time.perf_counter() - t)
-        rows.append(["sb3-contrib RecurrentPPO (LSTM)", "defaults: 10 x 128", hidden, base, 1.0])
+        rows.append(["sb3-contrib RecurrentPPO (LSTM)", "defaults: 10 x 128, critic LSTM", hidden, base, 1.0])
     except ImportError:
         print("sb3-contrib is not installed (pip install 'rl-seq[contrib]'): no baseline row")
     res["sb3_contrib_RecurrentPPO"] = base
-    settings = {"defaults: 4 x 256": {}, "matched: 10 x 128": dict(n_epochs=10, n_minibatches=n_envs * n_steps // 128)}
+    mb = n_envs * n_steps // 128
+    settings = {"defaults: 10 x 128, critic memory": dict(n_minibatches=mb),
+                "10 x 128, shared memory": dict(n_minibatches=mb, critic="shared"),
+                "4 x 256, shared memory": dict(n_epochs=4, n_minibatches=n_envs * n_steps // 256, critic="shared")}
     for mixer in backbones:
         for label, extra in settings.items():
             opts = dict(eta=4, r=4) if mixer == "agalite" else {}
@@ -265,7 +269,7 @@ def bench_ppo(out: str | Path = "bench_ppo.json", env_id: str = "CartPole-v1", s
             t = time.perf_counter()
             agent.learn(env_id, steps=steps)
             sps = steps / (time.perf_counter() - t)
-            res[f"rl_seq_{mixer}_{label.split(':')[0]}"] = sps
+            res[f"rl_seq_{mixer}_{label.split(':')[0].replace(', ', '_').replace(' ', '')}"] = sps
             rows.append([f"rl_seq PPO ({mixer})", label, hidden, sps, sps / base if base else float("nan")])
     torch.set_num_threads(old)
     print_table(f"recurrent PPO on {env_id}: {n_envs} envs x {n_steps} steps, {threads} thread(s); "

@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -25,6 +25,10 @@ class ConfigError(ValueError):
 @dataclass
 class TrainConfig:
     """Fields every algorithm shares: budget, seeding, logging, evaluation, checkpoints."""
+
+    legacy_defaults: ClassVar[dict[str, Any]] = {}
+    """Fields added after a release, each with the value that rebuilds agents saved before it
+    (a saved config without the field loads with it)."""
 
     steps: int = 10_000
     """Gradient steps (offline) or environment steps (online)."""

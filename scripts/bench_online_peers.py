@@ -52,8 +52,12 @@ def run_sb3(task: str, seed: int, a, out: Path) -> dict:
         res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=job_env())
     if res.returncode != 0:
         raise RuntimeError(f"{SB3} job failed (see {out.with_suffix('.log')})")
-    r = json.loads(res.stdout.strip().splitlines()[-1])
-    return dict(agent=SB3, task=task, seed=seed, mean_return=r["mean_return"], train_s=r["train_s"],
+    return from_runner(json.loads(res.stdout.strip().splitlines()[-1]))
+
+
+def from_runner(r: dict) -> dict:
+    """A job row from the sb3-contrib runner's JSON line."""
+    return dict(agent=SB3, task=r["env_id"], seed=r["seed"], mean_return=r["mean_return"], train_s=r["train_s"],
                 curve=r["curve"], raw={k: v for k, v in r.items() if k != "curve"})
 
 
@@ -81,8 +85,9 @@ def run_rl_seq(agent: str, task: str, seed: int, a, out: Path) -> dict:
 
 def job(agent: str, task: str, seed: int, a) -> dict | None:
     out = Path(a.out) / f"{agent}-{task.replace(':', '_')}-{a.steps}-s{seed}.json"
-    if out.exists():
-        return json.loads(out.read_text())
+    if out.exists():  # a finished job (or the runner's own output, saved under the job's name)
+        r = json.loads(out.read_text())
+        return r if "agent" in r else from_runner(r)
     if a.report:
         return None
     print(f"[{time.strftime('%H:%M:%S')}] start {agent} {task} seed {seed}", file=sys.stderr, flush=True)
@@ -139,7 +144,7 @@ def plot(rows: list[dict], a, path: Path) -> None:
     fig, axes = plt.subplots(2, len(a.tasks), figsize=(4.2 * len(a.tasks), 6.4), squeeze=False)
     grid = np.linspace(0, a.steps, 51)[1:]
     for j, task in enumerate(a.tasks):
-        for g in a.agents:
+        for k, g in enumerate(a.agents):
             runs = [r for r in rows if r["task"] == task and r["agent"] == g and len(r["curve"]) > 1]
             if not runs:
                 continue
@@ -148,9 +153,9 @@ def plot(rows: list[dict], a, path: Path) -> None:
             ts = np.array([np.interp(grid, [c["step"] for c in r["curve"]], [c["time"] for c in r["curve"]])
                            for r in runs])
             label = f"{g} ({len(runs)})"
-            line, = axes[0, j].plot(grid, ys.mean(0), label=label)
-            axes[0, j].fill_between(grid, ys.min(0), ys.max(0), alpha=0.15, color=line.get_color())
-            axes[1, j].plot(ts.mean(0), ys.mean(0), label=label, color=line.get_color())
+            axes[0, j].plot(grid, ys.mean(0), label=label, color=f"C{k}")  # one colour per agent
+            axes[0, j].fill_between(grid, ys.min(0), ys.max(0), alpha=0.15, color=f"C{k}")
+            axes[1, j].plot(ts.mean(0), ys.mean(0), label=label, color=f"C{k}")
         axes[0, j].set_title(task.replace("popgym-", ""), fontsize=9)
         axes[0, j].set_xlabel("env steps")
         axes[1, j].set_xlabel("wall time (s)")
@@ -159,7 +164,8 @@ def plot(rows: list[dict], a, path: Path) -> None:
             ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("training return")
     axes[1, 0].set_ylabel("training return")
-    axes[0, 0].legend(fontsize=7)
+    for ax in axes[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -177,6 +177,22 @@ def test_relit_learns_a_short_tmaze_and_memoryless_does_not():
     assert mlp.learn("rl_seq/TMaze-v0", steps=8_192)["last"]["mean_return"] <= 0.75
 
 
+def test_an_agent_saved_before_the_critic_option_loads(tmp_path):
+    """Saves from before ``critic`` existed had one memory for actor and critic: a saved config
+    without the field loads as ``shared``, with the same weights."""
+    import yaml
+
+    agent = rl_seq.make_agent("lstm", "CartPole-v1", critic="shared", eval_episodes=0)
+    path = agent.save(tmp_path / "m")
+    cfg = yaml.safe_load((path / "config.yaml").read_text())
+    del cfg["config"]["critic"]
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    loaded = rl_seq.load_agent(path)
+    assert loaded.config.critic == "shared" and loaded.model.critic_backbone is None
+    obs = np.zeros((1, 4), np.float32)
+    assert (loaded.predict(obs, deterministic=True)[0] == agent.predict(obs, deterministic=True)[0]).all()
+
+
 def test_ppo_save_load_and_sb3_evaluate(tmp_path):
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.vec_env import DummyVecEnv

@@ -345,9 +345,10 @@ class Agent:
             raise ValueError(f"{cfg_file} names algorithm {doc['algo']!r}, which this rl_seq does not have "
                              f"({', '.join(ALGOS)}); load it with the version that saved it")
         klass = ALGOS[doc["algo"]]
+        saved = {**klass.config_class.legacy_defaults, **doc["config"]}
         agent = klass(deserialize_space(json.dumps(doc["observation_space"])),
                       deserialize_space(json.dumps(doc["action_space"])),
-                      build(klass.config_class, doc["config"]), doc.get("meta"), algo=doc["algo"])
+                      build(klass.config_class, saved), doc.get("meta"), algo=doc["algo"])
         try:
             state = load_file(str(weights))
         except Exception as e:  # safetensors raises its own error types

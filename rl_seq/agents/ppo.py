@@ -38,6 +38,8 @@ class PPOConfig(TrainConfig):
     update went from 0.49 (4 epochs × 4 minibatches, shared memory) to 0.79 with 10 × 8 and
     0.96 with the critic's own memory as well (docs/results.md)."""
 
+    legacy_defaults = {"critic": "shared"}
+
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(mixer="lstm", d_model=128,
                                                                               n_layers=1, dropout=0.0))
     """The memory (``--backbone`` sets ``backbone.mixer``; ``none`` = memoryless)."""

@@ -32,11 +32,9 @@ from rl_seq.tokenizer import TrajectoryTokenizer
 
 @dataclass
 class PPOConfig(TrainConfig):
-    """Recurrent PPO. The update matches sb3-contrib's RecurrentPPO (10 epochs of 128-step
-    minibatches, a critic with its own memory); rollouts, clipping, GAE and the optimiser are
-    CleanRL's / SB3's. On popgym RepeatPreviousEasy (gtrxl, 100k env steps, seed 0) the
-    update went from 0.49 (4 epochs × 4 minibatches, shared memory) to 0.79 with 10 × 8 and
-    0.96 with the critic's own memory as well (docs/results.md)."""
+    """Recurrent PPO. The update is sb3-contrib RecurrentPPO's (10 epochs of 128-step
+    minibatches, a critic with its own memory: the settings that mattered in the search in
+    docs/results.md); rollouts, clipping, GAE and the optimiser are CleanRL's / SB3's."""
 
     legacy_defaults = {"critic": "shared"}
 
@@ -149,11 +147,9 @@ class PPOModel(nn.Module):
         if self.critic_backbone is None:
             h, s = self.backbone(fields, state[0], start)
             return h, h, (s, ())
-        tok = self.backbone.tokenizer
-        x = tok(fields)
-        resets = tok.token_flags(start)
-        h, s = self.backbone.forward_tokens(self.backbone.drop(x), state[0], resets)
-        hv, sv = self.critic_backbone.forward_tokens(self.critic_backbone.drop(x), state[1], resets)
+        x, resets = self.backbone.embed(fields, start)  # one embedding, two memories
+        h, s = self.backbone.forward_tokens(x, state[0], resets)
+        hv, sv = self.critic_backbone.forward_tokens(x, state[1], resets)
         return h, hv, (s, sv)
 
     def heads(self, h: Tensor, action: Tensor | None = None, h_value: Tensor | None = None):

@@ -135,16 +135,19 @@ class Backbone(nn.Module):
     def forward(self, fields: dict[str, Tensor], state: tuple[State, ...] | None = None,
                 episode_start: Tensor | None = None) -> tuple[Tensor, tuple[State, ...]]:
         """fields [B, T, ...]; episode_start bool [B, T] -> features [B, T*k, D], state."""
-        x = self.drop(self.tokenizer(fields))
-        resets = None if episode_start is None else self.tokenizer.token_flags(episode_start)
+        x, resets = self.embed(fields, episode_start)
         return self.forward_tokens(x, state, resets)
+
+    def embed(self, fields: dict[str, Tensor], episode_start: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """fields [B, T, ...] -> the tokens [B, T*k, D] the blocks read, and their reset flags."""
+        resets = None if episode_start is None else self.tokenizer.token_flags(episode_start)
+        return self.drop(self.tokenizer(fields)), resets
 
     def features(self, fields: dict[str, Tensor], episode_start: Tensor | None, slot: str) -> Tensor:
         """Training shortcut: the features at one slot, [B, T, D] - equal to
         ``tokenizer.read(forward(...)[0], slot)``, but the last block's MLP runs on that
         slot's tokens only (every mixer still sees every token)."""
-        x = self.drop(self.tokenizer(fields))
-        resets = None if episode_start is None else self.tokenizer.token_flags(episode_start)
+        x, resets = self.embed(fields, episode_start)
         for block in self.blocks[:-1]:
             x, _ = block(x, None, resets)
         last = self.blocks[-1]

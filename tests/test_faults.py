@@ -216,6 +216,7 @@ def test_online_resume_restores_normalisation_and_evaluations(tmp_path, monkeypa
     out = tmp_path / "ppo"
     argv = ["train", "lstm", "--env", "rl_seq/TMaze-v0", "--steps", "2048", "--out", str(out),
             "--set", "env_kwargs.corridor_length=2", "--set", "n_envs=2", "--set", "n_steps=64",
+            "--set", "n_epochs=4", "--set", "n_minibatches=4",  # 4 sequences of 32: the cheap update
             "--set", "norm_obs=true", "--set", "norm_reward=true", "--set", "eval_every=256",
             "--set", "eval_episodes=2", "--set", "checkpoint_every=0"]
     real, calls = PPOAgent.collect, {"n": 0}
@@ -420,7 +421,8 @@ def test_online_sigkill_resumes_with_continuous_metrics(tmp_path):
     update once, in order, up to the budget."""
     out = tmp_path / "ppo"
     argv = ["train", "lstm", "--env", "CartPole-v1", "--steps", "4096", "--out", str(out), "--set", "n_envs=2",
-            "--set", "n_steps=64", "--set", "checkpoint_every=128", "--set", "eval_every=1024",
+            "--set", "n_steps=64", "--set", "n_epochs=4", "--set", "n_minibatches=4",
+            "--set", "checkpoint_every=128", "--set", "eval_every=1024",
             "--set", "eval_episodes=2", "--set", "threads=1"]
     step = _kill_after_checkpoint(argv, out / "checkpoints" / "last.pt", 512)
     assert 512 <= step < 4096 and not (out / "model").exists()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -28,21 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from bench_peers import job_env  # one thread per job, as in the offline benchmark
+
+from rl_seq.engine import eval_seed
 
 HERE = Path(__file__).resolve().parent
 SB3 = "sb3-contrib"
 TASKS = ["popgym-RepeatPreviousEasy-v0", "popgym-CountRecallEasy-v0", "popgym-PositionOnlyCartPoleEasy-v0",
          "popgym-RepeatFirstEasy-v0"]
-
-
-def job_env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def eval_seed(seed: int) -> int:
-    from rl_seq.engine import eval_seed
-
-    return eval_seed(seed)
 
 
 def run_sb3(task: str, seed: int, a, out: Path) -> dict:

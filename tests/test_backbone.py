@@ -108,7 +108,7 @@ def test_backbone_config_errors():
 
 
 def test_heads_shapes_and_ranges():
-    from rl_seq.nets import CategoricalHead, GaussianHead, QBinHead, TanhHead, ValueHead
+    from rl_seq.nets import BinHead, CategoricalHead, GaussianHead, TanhHead, ValueHead
 
     h = torch.randn(4, 7, 16) * 10
     space = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 5.0], np.float32))
@@ -118,8 +118,12 @@ def test_heads_shapes_and_ranges():
         TanhHead(16, gym.spaces.Box(-np.inf, np.inf, (2,)))
     assert GaussianHead(16, 2)(h).sample().shape == (4, 7, 2)
     assert CategoricalHead(16, 5)(h).sample().shape == (4, 7)
-    q = QBinHead(16, 9)(h)
+    q = BinHead(16, 9)(h)
     assert q.shape == (4, 7, 9) and ((q >= 0) & (q <= 1)).all()
+    per_dim = BinHead(16, 9, dims=7, squash=False)
+    q = per_dim(h)  # h read as [batch 4, dims 7, D]: dimension i by its own map
+    assert q.shape == (4, 7, 9) and torch.allclose(q[:, 3], per_dim(h[:, 3], dim=3), atol=1e-6)
+    assert not torch.allclose(q[:, 3], per_dim(h[:, 3], dim=2))
     assert ValueHead(16)(h).shape == (4, 7)
 
 

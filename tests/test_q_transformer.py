@@ -107,6 +107,6 @@ def test_qt_greedy_decoding_matches_the_parallel_q():
     fields = dict(obs=torch.as_tensor(obs)[:, None], act=torch.as_tensor(act)[:, None],
                   timestep=torch.zeros(2, 1, dtype=torch.long))
     with torch.no_grad():
-        q = agent.model(fields, torch.ones(2, 1, dtype=torch.bool))[:, 0]  # [2, d, nb]
+        q = agent.model(fields, torch.ones(2, 1, dtype=torch.bool))[0][:, 0]  # [2, d, nb]
     bins = agent.model.backbone.tokenizer.discretiser.encode(torch.as_tensor(act))
     assert torch.equal(q.argmax(-1), bins)

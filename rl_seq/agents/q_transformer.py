@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import gymnasium as gym
@@ -32,7 +33,7 @@ from rl_seq.agents.base import Agent, param_groups, warmup
 from rl_seq.config import ConfigError, OfflineConfig
 from rl_seq.data import Episodes, SegmentSampler
 from rl_seq.engine import Work, rank_seed
-from rl_seq.nets import Backbone, BackboneConfig, QBinHead
+from rl_seq.nets import Backbone, BackboneConfig, BinHead
 from rl_seq.tokenizer import TrajectoryTokenizer
 
 
@@ -63,6 +64,18 @@ class QTConfig(OfflineConfig):
     """Weight of the regulariser pushing Q of bins not in the data to 0."""
     mc_lower_bound: bool = True
     """Raise targets to the data's Monte-Carlo return."""
+    heads: str = "shared"
+    """``per_dim``: each action dimension reads its Q-values through its own linear map (the
+    paper); ``shared``: one map for all dimensions, told apart by their token embedding."""
+    support: float = 0.0
+    """Behaviour-support threshold τ (discrete BCQ, Fujimoto et al. 2019; not in the paper):
+    a behaviour head learns the data's bin distribution of each dimension by cross-entropy,
+    and the target max and greedy decoding consider only bins whose probability is at least τ
+    times the most likely bin's. 0: every bin (the paper)."""
+    reward_floor: str = "data_min"
+    """Where the reward scaling puts 0: ``zero`` scales by ``(r - min(r_min, 0)) / range``, so the
+    0 a termination bootstraps is worth a reward of 0 (on hopper, r_min 0.84: a fall ends the
+    survival bonus); ``data_min``: by ``(r - r_min) / range`` (a fall is worth the smallest reward)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -70,6 +83,12 @@ class QTConfig(OfflineConfig):
             raise ConfigError(f"gamma must be in (0, 1), got {self.gamma}")
         if self.n_step < 1 or self.n_bins < 2:
             raise ConfigError("n_step must be >= 1 and n_bins >= 2")
+        if self.heads not in ("per_dim", "shared"):
+            raise ConfigError(f"heads must be 'per_dim' or 'shared', got {self.heads!r}")
+        if not 0 <= self.support <= 1:
+            raise ConfigError(f"support must be in [0, 1], got {self.support}")
+        if self.reward_floor not in ("zero", "data_min"):
+            raise ConfigError(f"reward_floor must be 'zero' or 'data_min', got {self.reward_floor!r}")
 
 
 class QTModel(nn.Module):
@@ -82,29 +101,42 @@ class QTModel(nn.Module):
             bb = dataclasses.replace(bb, mixer_options={**bb.mixer_options, "window": (tok.discretiser.dims + 1)
                                                         * cfg.context})
         self.backbone = Backbone(tok, bb)
-        self.head = QBinHead(cfg.backbone.d_model, cfg.n_bins)
         self.dims = tok.discretiser.dims
+        n_maps = self.dims if cfg.heads == "per_dim" else 1
+        self.head = BinHead(cfg.backbone.d_model, cfg.n_bins, n_maps)
+        self.behaviour = BinHead(cfg.backbone.d_model, cfg.n_bins, n_maps, squash=False) if cfg.support else None
+        self.log_support = math.log(cfg.support) if cfg.support else None
 
-    def forward(self, fields: dict, episode_start: Tensor) -> Tensor:
-        """fields [B,L,...] -> Q [B, L, d, n_bins] (dimension i read at slot i)."""
+    def forward(self, fields: dict, episode_start: Tensor) -> tuple[Tensor, Tensor | None]:
+        """fields [B,L,...] -> Q [B, L, d, n_bins] (dimension i read at slot i) and the
+        behaviour logits of the same shape (None without a behaviour head)."""
         h, _ = self.backbone(fields, None, episode_start)
         B, Lk, D = h.shape
         h = h.view(B, Lk // (self.dims + 1), self.dims + 1, D)[:, :, : self.dims]
-        return self.head(h)
+        return self.head(h), None if self.behaviour is None else self.behaviour(h)
+
+    def in_support(self, logits: Tensor | None) -> Tensor | None:
+        """Behaviour logits [..., n_bins] -> bool [..., n_bins]: the bins whose probability is at
+        least ``support`` times the most likely one's (None: every bin)."""
+        if logits is None:
+            return None
+        return logits >= logits.max(-1, keepdim=True).values + self.log_support
 
 
 def targets(q_tgt: Tensor, rew: Tensor, final: Tensor, terminal: Tensor, valid: Tensor, mc: Tensor,
-            gamma: float, n: int, mc_lower_bound: bool = True) -> tuple[Tensor, Tensor]:
+            gamma: float, n: int, mc_lower_bound: bool = True, allowed: Tensor | None = None
+            ) -> tuple[Tensor, Tensor]:
     """Per-dimension Bellman targets over a window.
 
-    q_tgt: [B, L, d, nb] target-network Q; rew, mc: [B, L] scaled rewards and Monte-Carlo
+    q_tgt: [B, L, d, nb] target-network Q; allowed: [B, L, d, nb] the bins the max may take
+    (None: all); rew, mc: [B, L] scaled rewards and Monte-Carlo
     returns; final: [B, L] the step holds an episode's final observation (no action);
     terminal: [B, L] that final step ends by termination; valid: [B, L] real steps.
     Returns y [B, L, d] and trainable [B, L] (real, not final, and the n-step lookahead fits
     in the window or reaches the episode's end).
     """
     B, L, d, _ = q_tgt.shape
-    best = q_tgt.max(-1).values  # [B, L, d]
+    best = (q_tgt if allowed is None else q_tgt.masked_fill(~allowed, -torch.inf)).max(-1).values  # [B, L, d]
     pad = lambda x, v: torch.cat([x, x.new_full((B, n + 1, *x.shape[2:]), v)], 1)  # noqa: E731
     rew_p, final_p, term_p = pad(rew, 0.0), pad(final, False), pad(terminal, False)
     v0 = pad(best[..., 0], 0.0)
@@ -184,6 +216,8 @@ class QTAgent(Agent):
 
     def scale_rewards(self, r: np.ndarray) -> np.ndarray:
         lo, hi = self.meta["reward_min"], self.meta["reward_max"]
+        if self.config.reward_floor == "zero":
+            lo = min(lo, 0.0)
         return ((1 - self.config.gamma) * (r - lo) / max(hi - lo, 1e-8)).astype(np.float32)
 
     def _work(self, steps: int, dataset: Episodes, env: str | None) -> Work:
@@ -205,16 +239,23 @@ class QTAgent(Agent):
             obs = b["obs"].float() if b["obs"].is_floating_point() else b["obs"]
             fields = dict(obs=obs, act=b["act"].float(), timestep=b["timestep"])
             with self.autocast():
-                q = model(fields, b["episode_start"]).float()
+                q, logits = model(fields, b["episode_start"])
                 with torch.no_grad():
                     target.eval()
-                    q_next = target(fields, b["episode_start"]).float()
+                    q_next, logits_next = target(fields, b["episode_start"])
             with torch.no_grad():
-                y, trainable = targets(q_next, b["rew"].float(), b["final"],
+                allowed = self.model.in_support(None if logits_next is None else logits_next.float())
+                y, trainable = targets(q_next.float(), b["rew"].float(), b["final"],
                                        b["terminal"], b["mask"], b["mc"].float(), cfg.gamma, cfg.n_step,
-                                       cfg.mc_lower_bound)
-            td, cons = td_and_conservative(q, disc.encode(b["act"].float()), y, trainable)
+                                       cfg.mc_lower_bound, allowed)
+            bins = disc.encode(b["act"].float())
+            td, cons = td_and_conservative(q.float(), bins, y, trainable)
             loss = td + cfg.conservative_weight * cons
+            logs = {}
+            if logits is not None:  # the behaviour head: cross-entropy on every step with an action
+                acted = (b["mask"] & ~b["final"])[..., None].expand_as(bins)
+                bc = nn.functional.cross_entropy(logits.float()[acted], bins[acted])
+                loss, logs = loss + bc, {"behaviour_nll": bc.item()}
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -224,8 +265,8 @@ class QTAgent(Agent):
             with torch.no_grad():
                 for pt, p in zip(target.parameters(), self.model.parameters()):
                     pt.lerp_(p, cfg.tau)
-            return 1, {"loss": loss.item(), "td": td.item(), "conservative": cons.item(), "grad_norm": gnorm.item(),
-                       "lr": lr}
+            return 1, {"loss": loss.item(), "td": td.item(), "conservative": cons.item(), **logs,
+                       "grad_norm": gnorm.item(), "lr": lr}
 
         return Work(iterate, steps, dict(optimizer=opt, scheduler=sched, sampler=sampler, target=target), info,
                     per_rank=("sampler",))
@@ -246,8 +287,11 @@ class QTAgent(Agent):
         h, st = self.model.backbone.step_tokens(torch.cat([prev, s_tok], 1), state.backbone, resets)
         action = torch.zeros(n, d, device=dev)
         disc = tok.discretiser
-        for i in range(d):  # greedy, one dimension at a time
-            b = self.model.head(h[:, -1]).argmax(-1)
+        for i in range(d):  # greedy, one dimension at a time (among the bins in the data's support)
+            q = self.model.head(h[:, -1], i)
+            if self.model.behaviour is not None:
+                q = q.masked_fill(~self.model.in_support(self.model.behaviour(h[:, -1], i)), -torch.inf)
+            b = q.argmax(-1)
             action[:, i] = disc.decode(b[:, None].expand(n, d))[:, i]
             if i < d - 1:
                 a_tok = tok.embed_slots(dict(act=action, timestep=t), [tok.slot_index(f"act_dim{i}")])

@@ -90,16 +90,36 @@ class CategoricalHead(nn.Module):
         return Categorical(logits=self.net(h))
 
 
-class QBinHead(nn.Module):
-    """Q of every bin of one action dimension, squashed to [0, 1] (rewards are scaled so
-    returns fit). [..., D] -> [..., n_bins]"""
+class BinHead(nn.Module):
+    """Scores of every bin of each action dimension, each dimension by its own linear map
+    (``dims=1``: one map shared by all). h [..., d, D] -> [..., d, n_bins]; or one
+    dimension's, h [..., D] with ``dim=i`` -> [..., n_bins]. ``squash``: sigmoid to [0, 1]
+    (Q-values of rewards scaled to fit); otherwise logits."""
 
-    def __init__(self, d_model: int, n_bins: int) -> None:
+    def __init__(self, d_model: int, n_bins: int, dims: int = 1, squash: bool = True) -> None:
         super().__init__()
-        self.net = nn.Linear(d_model, n_bins)
+        self.dims, self.squash = dims, squash
+        self.weight = nn.Parameter(torch.empty(dims, n_bins, d_model))
+        self.bias = nn.Parameter(torch.zeros(dims, n_bins))
+        bound = d_model**-0.5  # nn.Linear's init
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, h: Tensor) -> Tensor:
-        return torch.sigmoid(self.net(h))
+    def forward(self, h: Tensor, dim: int | None = None) -> Tensor:
+        if dim is not None:
+            i = dim if self.dims > 1 else 0
+            out = h @ self.weight[i].T + self.bias[i]
+        elif self.dims == 1:
+            out = h @ self.weight[0].T + self.bias[0]
+        else:
+            out = torch.einsum("...iD,ibD->...ib", h, self.weight) + self.bias
+        return torch.sigmoid(out) if self.squash else out
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "net.weight" in state_dict:  # saved by the one shared nn.Linear this head replaced
+            state_dict[prefix + "weight"] = state_dict.pop(prefix + "net.weight")[None]
+            state_dict[prefix + "bias"] = state_dict.pop(prefix + "net.bias")[None]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class ValueHead(nn.Module):

@@ -4,6 +4,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from rl_seq.kernels import MIXERS
 from rl_seq.nets import Backbone, BackboneConfig
@@ -124,6 +125,10 @@ def test_heads_shapes_and_ranges():
     q = per_dim(h)  # h read as [batch 4, dims 7, D]: dimension i by its own map
     assert q.shape == (4, 7, 9) and torch.allclose(q[:, 3], per_dim(h[:, 3], dim=3), atol=1e-6)
     assert not torch.allclose(q[:, 3], per_dim(h[:, 3], dim=2))
+    old = nn.Linear(16, 9)  # the shared map qt saved before BinHead
+    shared = BinHead(16, 9)
+    shared.load_state_dict({"net." + k: v for k, v in old.state_dict().items()})
+    assert torch.allclose(shared(h), torch.sigmoid(old(h)))
     assert ValueHead(16)(h).shape == (4, 7)
 
 

@@ -125,19 +125,26 @@ def test_qt_refuses_discrete_actions():
 @pytest.mark.parametrize("options", [dict(heads="shared"), dict(heads="per_dim", support=0.3)])
 def test_qt_greedy_decoding_matches_the_parallel_q(options):
     """Acting decodes dim by dim through the cache; the parallel forward over the decoded
-    action gives the same Q at each dimension's chosen bin (the best in the support)."""
+    actions gives the same Q at each dimension's chosen bin (the best in the support), at
+    every step up to 3K, past the K-step attention window."""
     agent = rl_seq.make_agent("qt", dataset="rl_seq/pointgoal/medium-v0", **{**QT, **options})
     agent.model.eval()
-    obs = np.random.default_rng(1).uniform(-1, 1, (2, 4)).astype(np.float32)
-    act, _ = agent.predict(obs)
-    fields = dict(obs=torch.as_tensor(obs)[:, None], act=torch.as_tensor(act)[:, None],
-                  timestep=torch.zeros(2, 1, dtype=torch.long))
+    T = 3 * agent.config.context + 1
+    obs = np.random.default_rng(1).uniform(-1, 1, (T, 2, 4)).astype(np.float32)
+    acts, state, start = [], None, np.ones(2, bool)
+    for t in range(T):
+        a, state = agent.predict(obs[t], state, start)
+        acts.append(a)
+        start = np.zeros(2, bool)
+    fields = dict(obs=torch.as_tensor(obs).transpose(0, 1), act=torch.as_tensor(np.stack(acts, 1)),
+                  timestep=torch.arange(T).expand(2, T))
+    episode_start = torch.zeros(2, T, dtype=torch.bool)
+    episode_start[:, 0] = True
     with torch.no_grad():
-        q, logits = agent.model(fields, torch.ones(2, 1, dtype=torch.bool))
-    q = q[:, 0]  # [2, d, nb]
+        q, logits = agent.model(fields, episode_start)  # [2, T, d, nb]
     if logits is not None:
-        q = q.masked_fill(~agent.model.in_support(logits[:, 0]), -1.0)
-    bins = agent.model.backbone.tokenizer.discretiser.encode(torch.as_tensor(act))
+        q = q.masked_fill(~agent.model.in_support(logits), -1.0)
+    bins = agent.model.backbone.tokenizer.discretiser.encode(fields["act"])
     assert torch.equal(q.argmax(-1), bins)
 
 

@@ -106,11 +106,9 @@ class BinHead(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, h: Tensor, dim: int | None = None) -> Tensor:
-        if dim is not None:
+        if dim is not None or self.dims == 1:  # one map: dimension `dim`'s, or the shared one
             i = dim if self.dims > 1 else 0
             out = h @ self.weight[i].T + self.bias[i]
-        elif self.dims == 1:
-            out = h @ self.weight[0].T + self.bias[0]
         else:
             out = torch.einsum("...iD,ibD->...ib", h, self.weight) + self.bias
         return torch.sigmoid(out) if self.squash else out

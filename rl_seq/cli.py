@@ -30,7 +30,7 @@ EPILOGS = {
   rl-seq train odt --dataset hopper/medium-v0 --steps 10000 --online-steps 20000   # Online DT
   rl-seq train odt --init runs/dt-hopper --online-steps 20000      # online phase of a trained dt run
   rl-seq train odt --dataset hopper/medium-v0 --backbone s4d       # Decision-S4 with its online phase
-  rl-seq train ds4 --env Hopper-v5 --init runs/ds4-hopper --steps 20000   # TD3+BC fine-tuning
+  rl-seq train odt --init runs/ds4-hopper --online-steps 20000     # online phase of a trained ds4 run
 
 Every config key (--set key=value, dotted for nested keys), per algorithm family:
 """,
@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue the run in --out from its last checkpoint (written every checkpoint_every "
                    "steps, on Ctrl-C/SIGTERM and at the end). Restored: weights, optimiser and schedule, the "
                    "sampler, the torch/numpy/Python RNGs, the step, last/best evaluations and (online) the "
-                   "normalisation statistics and (fine-tuning) the critic and the episodes collected; offline "
+                   "normalisation statistics and (odt) the trajectory buffer and the temperature; offline "
                    "runs continue bit for bit. Not restored: env internals - online envs restart with a fresh "
                    "reset, so an episode in progress is lost. Metrics logged after the checkpoint are dropped")
     t.add_argument("--wandb", action="store_true", help="also log to wandb (offline by default)")
@@ -108,9 +108,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="offline algorithms: train data-parallel in N processes (starts torchrun; the global "
                    "batch is batch_size x N; gloo on CPU, NCCL on CUDA)")
     t.add_argument("--init", metavar="OFFLINE_RUN_DIR",
-                   help="odt: start the online phase from this dt/dc/ds4/lram run (no offline phase). Other "
-                   "return-conditioned algorithms: the TD3+BC fine-tune of this run in --env (--set takes its "
-                   "keys: steps, lr_actor, noise, ...)")
+                   help="odt: start the online phase from this dt/dc/ds4/lram run (its architecture and weights; "
+                   "no offline phase; the run reports the starting policy as 'before')")
 
     w = sub.add_parser("sweep", help="many runs (grid x seeds) through Ray Tune", epilog=EPILOGS["sweep"],
                        formatter_class=fmt, description="Train ALGO at every grid point and seed as an ordinary "
@@ -212,7 +211,9 @@ def cmd_train(a) -> int:
     if a.algo not in PRESETS:
         config_for(a.algo)  # the helpful error
     if a.init and a.algo != "odt":
-        return _finetune(a)
+        raise CLIError(f"--init starts Online DT's online phase from a trained run: `rl-seq train odt --init "
+                       f"{a.init} --online-steps M` (it replaced the older `train {a.algo} --env ... --init ...` "
+                       "TD3+BC fine-tune)")
     online = PRESETS[a.algo][0].online
     if a.nproc > 1:
         return _torchrun(a, online)
@@ -221,7 +222,7 @@ def cmd_train(a) -> int:
     if online and a.dataset:
         raise CLIError(f"{a.algo} trains online in --env and reads no dataset; drop --dataset {a.dataset} "
                        "(or train an offline algorithm on it: dt, dc, ds4, lram, qt)")
-    if not online and not a.dataset:
+    if not online and not a.dataset and not a.init:
         raise CLIError(f"{a.algo} trains offline: give --dataset ID (see `rl-seq datasets list`)")
     init = None
     if a.init:  # odt from a trained run: its architecture, no offline phase
@@ -231,6 +232,9 @@ def cmd_train(a) -> int:
         if not isinstance(init, DecisionAgent):
             raise CLIError(f"--init takes a return-conditioned run (dt, dc, ds4, lram), not {init.algo}")
         a.dataset = a.dataset or init.meta.get("dataset_id")
+        if not a.dataset:
+            raise CLIError(f"{a.init} does not name the dataset it was trained on: give --dataset ID (its "
+                           "best trajectories start the replay buffer)")
         arch = {k: getattr(init.config, k) for k in ("context", "segment", "max_timestep", "return_scale")}
         cfg = config_for(a.algo, a.config, _overrides(a), backbone=to_dict(init.config.backbone), **arch)
     else:
@@ -255,7 +259,8 @@ def cmd_train(a) -> int:
     if world()[0] > 0:  # DDP: rank 0 reports
         return 0
     if result["last"] is not None:
-        _print_eval(result["last"], f"{a.algo} on {source}", result["best"], result["data"])
+        _print_eval(result["last"], f"{a.algo} on {source}", result["best"], result["data"],
+                    {k: result.get(k) for k in ("before", "offline")})
     print(yaml.safe_dump({"run": str(out), "model": str(out / "model")}, sort_keys=False).strip())
     return 0
 
@@ -293,31 +298,10 @@ def _overrides(a) -> list[str]:
     return overrides
 
 
-def _finetune(a) -> int:
-    from rl_seq.agents import load_agent
-    from rl_seq.agents.decision import DecisionAgent
-    from rl_seq.agents.finetune import FinetuneConfig, finetune
-    from rl_seq.config import load_config
-
-    if not a.env:
-        raise CLIError("online fine-tuning needs --env ENV_ID (the env the offline data came from)")
-    if a.backbone or a.config or a.dataset:
-        raise CLIError("--init fine-tunes a trained agent as it is: drop --backbone/--config/--dataset "
-                       "(--set takes fine-tuning keys: steps, lr_actor, noise, ...)")
-    agent = load_agent(a.init)
-    if not isinstance(agent, DecisionAgent):
-        raise CLIError(f"--init takes a return-conditioned run (dt, dc, ds4, lram), not {agent.algo}")
-    cfg = load_config(FinetuneConfig, overrides=_overrides(a))
-    out = Path(a.out or f"{a.init.rstrip('/')}-finetune-s{cfg.seed}")
-    print(f"run folder: {out}")
-    res = finetune(agent, a.env, cfg, out, a.resume, init=str(a.init))
-    before = None if res["before"] is None else {**res["before"], "step": "before"}
-    if res["last"] is not None:
-        _print_eval(res["last"], f"{agent.algo} fine-tuned online in {a.env}", res["best"], before)
-    return 0
-
-
-def _print_eval(res: dict, title: str, best: dict | None = None, data: dict | None = None) -> None:
+def _print_eval(res: dict, title: str, best: dict | None = None, data: dict | None = None,
+                milestones: dict | None = None) -> None:
+    """A rich table of the ``last`` evaluation, then ``best``, the labelled ``milestones``
+    (odt's ``before`` / ``offline``; None entries skipped) and the dataset's ``data`` row."""
     from rich.console import Console
     from rich.table import Table
 
@@ -325,8 +309,9 @@ def _print_eval(res: dict, title: str, best: dict | None = None, data: dict | No
     for c in ("", "mean return", "std", "normalised score (x100)", "episodes", "step"):
         tab.add_column(c)
     rows = [("last", res)] + ([("best", best)] if best else [])
+    rows += [(k, r) for k, r in (milestones or {}).items() if r is not None]
     if data:
-        rows.append(("before" if data.get("step") == "before" else "data", data))
+        rows.append(("data", data))
     for name, r in rows:
         ns = r.get("normalized_score")
         tab.add_row(name, f"{r['mean_return']:.2f}", f"{r['std_return']:.2f}",

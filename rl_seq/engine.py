@@ -1,8 +1,8 @@
 """The training engine: the one loop every agent trains through.
 
 An algorithm describes its training as a :class:`Work` - one *iteration* (offline: sample a
-batch and take a gradient step; online: collect a rollout and update on it; fine-tuning: one
-env step and its updates) and the objects a checkpoint must keep. :func:`train` runs it and
+batch and take a gradient step; online: collect a rollout and update on it; odt's online
+phase: collect a trajectory and update on the buffer) and the objects a checkpoint must keep. :func:`train` runs it and
 owns everything around it, the same way for every agent:
 
 - the run folder (``out``): its lock, ``config.yaml``, metrics (JSONL; CSV at the end; wandb
@@ -154,7 +154,7 @@ class Work:
     """The schedule (``eval_every``, ``eval_episodes``, ``log_every``, ``checkpoint_every``,
     ``seed``, ``wandb``); None = the agent's config."""
     before: bool = False
-    """Evaluate once before the first iteration (fine-tuning: the starting policy)."""
+    """Evaluate once before the first iteration (``odt --init``: the policy it starts from)."""
     milestones: dict[str, int] = field(default_factory=dict)
     """Named steps to evaluate at, reported under their name (``{"offline": N}``: the end of
     an offline phase)."""

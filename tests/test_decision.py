@@ -151,17 +151,6 @@ def test_dataset_from_minari_with_env_trains_and_evaluates(store):
     assert out["last"]["episodes"] == 2 and out["last"]["normalized_score"] is not None
 
 
-def test_online_finetuning_runs_and_reports_before_and_after(tmp_path):
-    from rl_seq.agents.finetune import FinetuneConfig, finetune
-
-    agent = rl_seq.make_agent("ds4", dataset=DATA, **{**TINY, "context": 5})
-    agent.learn(DATA, steps=50)
-    res = finetune(agent, "rl_seq/PointGoal-v0", FinetuneConfig(steps=300, start_steps=100, batch_size=8,
-                                                                 eval_every=300, eval_episodes=3))
-    assert res["before"]["episodes"] == 3 and res["before"]["step"] == 0 and res["last"]["step"] == 300
-    assert np.isfinite(res["last"]["mean_return"])
-
-
 @pytest.mark.parametrize("algo", ["dt", "dc", "ds4", "lram", "qt"])
 def test_bf16_autocast_trains_like_float32(algo):
     """``amp=bf16`` (the GPU default) runs every offline algorithm; CPU autocast checks the path."""

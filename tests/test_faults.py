@@ -269,9 +269,7 @@ CATALOGUE = [
     ("ppo-critic", [*LSTM, "--set", "critic=both"], "critic must be shared or separate"),
     ("popgym-id-without-module", ["train", "lstm", "--env", "popgym-RepeatPreviousEasy-v0"],
      "--env popgym:popgym-..."),
-    ("finetune-without-env", ["train", "ds4", "--init", "runs/x"], "needs --env ENV_ID"),
-    ("finetune-with-backbone", ["train", "ds4", "--init", "runs/x", "--env", "Hopper-v5", "--backbone", "conv"],
-     "fine-tunes a trained agent as it is"),
+    ("init-is-odt-only", ["train", "ds4", "--init", "runs/x", "--env", "Hopper-v5"], "rl-seq train odt --init runs/x"),
     ("dataset-info-unknown", ["datasets", "info", "nosuch/x-v0"], "rl-seq datasets download nosuch/x-v0"),
     ("dataset-make-unknown-env", ["datasets", "make", "NoSuch-v0", "--name", "t/x"], "NoSuch"),
     ("plot-not-a-run", ["plot", "nosuch-run"], "is it a run folder?"),
@@ -326,8 +324,8 @@ def test_bad_eval_of_a_q_transformer(qt_run, argv, needle, capsys):
     assert (qt_run / "eval.json").read_text() == before
 
 
-def test_fine_tuning_a_q_transformer_is_refused(qt_run, tmp_path, capsys):
-    assert main(["train", "ds4", "--init", str(qt_run), "--env", "rl_seq/PointGoal-v0", "--out",
+def test_online_dt_from_a_q_transformer_is_refused(qt_run, tmp_path, capsys):
+    assert main(["train", "odt", "--init", str(qt_run), "--online-steps", "100", "--out",
                  str(tmp_path / "ft")]) == 2
     assert "--init takes a return-conditioned run" in capsys.readouterr().err and not (tmp_path / "ft").exists()
 
@@ -433,34 +431,33 @@ def test_online_sigkill_resumes_with_continuous_metrics(tmp_path):
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [1024, 2048, 3072, 4096]
 
 
-def test_interrupted_fine_tuning_resumes_to_the_end(dt_run, tmp_path, monkeypatch):
-    """Fine-tuning runs on the engine: Ctrl-C saves the critic, optimisers and episodes, and
-    --resume finishes the run (the episode in progress restarts)."""
+def test_interrupted_online_phase_from_a_trained_run_resumes_to_the_end(dt_run, tmp_path, monkeypatch):
+    """``odt --init``: the starting policy is evaluated once (``before``); Ctrl-C saves the buffer
+    and the temperature, and --resume finishes the run without evaluating the start again."""
     import shutil
 
-    from rl_seq.agents import finetune as ft
+    from rl_seq.agents.odt import TrajectoryBuffer
 
     init = tmp_path / "init"
     shutil.copytree(dt_run, init)
-    out = tmp_path / "ft"
-    argv = ["train", "dt", "--init", str(init), "--env", "rl_seq/PointGoal-v0", "--steps", "240", "--out", str(out),
-            "--set", "start_steps=50", "--set", "batch_size=4", "--set", "eval_every=120", "--set", "eval_episodes=2",
-            "--set", "log_every=20", "--set", "checkpoint_every=40"]
-    real, calls = ft.SegmentSampler, {"n": 0}
+    out = tmp_path / "odt"
+    argv = ["train", "odt", "--init", str(init), "--online-steps", "240", "--out", str(out),
+            "--set", "batch_size=4", "--set", "updates_per_trajectory=2", "--set", "eval_every=0",
+            "--set", "eval_episodes=2", "--set", "log_every=20", "--set", "checkpoint_every=40"]
+    real, calls = TrajectoryBuffer.add, {"n": 0}
 
-    def sampler(*a, **k):  # Ctrl-C while the first update (step 50) is being prepared
+    def add(self, t):  # Ctrl-C while the second online trajectory is stored
         calls["n"] += 1
-        if calls["n"] == 1:
+        if calls["n"] == 2:
             os.kill(os.getpid(), signal.SIGINT)
-        return real(*a, **k)
+        return real(self, t)
 
-    monkeypatch.setattr(ft, "SegmentSampler", sampler)
+    monkeypatch.setattr(TrajectoryBuffer, "add", add)
     assert main(argv) == 130
     ck = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert ck["step"] == 50 and len(ck["buffer"]["episodes"]) >= 1 and "critic" in ck
-    monkeypatch.setattr(ft, "SegmentSampler", real)
+    assert 0 < ck["step"] < 240 and "temperature" in ck and json.loads(ck["evals"])["before"]["step"] == 0
+    monkeypatch.setattr(TrajectoryBuffer, "add", real)
     assert main([*argv, "--resume"]) == 0
     report = json.loads((out / "eval.json").read_text())
-    assert report["before"]["step"] == 0 and report["last"]["step"] == 240
-    rows = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-    assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(20, 241, 20))
+    assert report["before"]["step"] == 0 and report["last"]["step"] >= 240
+    assert "offline" not in report

@@ -23,7 +23,8 @@ Evaluations act deterministically (the squashed mean) at the evaluation target.
 
 On the engine the steps are the offline gradient steps, then the online env steps; the
 evaluation at the end of the offline phase is reported as ``offline``, the final one as
-``last``.
+``last``; an online phase alone (from a trained run, :meth:`ODTAgent.init_from`) first
+evaluates the policy it starts from, reported as ``before``.
 """
 
 from __future__ import annotations
@@ -178,7 +179,9 @@ class ODTAgent(DecisionAgent):
                                  min_length=cfg.context)
         model, temp = self.model, Temperature(cfg.init_temperature).to(dev)
         opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps))
+        # the warm-up belongs to the offline phase: an online phase alone starts from a trained
+        # (warmed-up) run, at the full learning rate
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps if steps else 0))
         opt_temp = torch.optim.Adam(temp.parameters(), lr=cfg.temperature_lr)
         buffer = TrajectoryBuffer(cfg.buffer_size)
         live: dict = dict(env=None)
@@ -250,4 +253,5 @@ class ODTAgent(DecisionAgent):
                      buffer=buffer)
         milestones = {"offline": steps} if online_steps and steps else {}
         return Work(iterate, steps + online_steps, state, info, close=close, milestones=milestones,
+                    before=online_steps > 0 and steps == 0,  # from a trained run: the policy it starts from
                     show=("loss", "entropy", "temperature", "episode_return"))

@@ -59,6 +59,11 @@ def test_a_swapped_mixer_keeps_only_the_preset_options_it_accepts():
     assert cfg.backbone.mixer_options == {"eta": 4, "gate_bias": -1.0}
     assert config_for("relit", overrides=["backbone.mixer=mlstm"]).backbone.mixer_options == {}
     assert config_for("dc", overrides=["backbone.mixer=attention"]).backbone.mixer_options == {}
+    # with options of its own: the caller's stay, the preset's the mixer does not take go
+    cfg = config_for("odt", backbone=dict(mixer="s4d", mixer_options=dict(state_size=64)))
+    assert cfg.backbone.mixer_options == {"state_size": 64}
+    cfg = config_for("odt", overrides=["backbone.mixer=s4d", "backbone.mixer_options.state_size=32"])
+    assert cfg.backbone.mixer_options == {"state_size": 32}
 
 
 def test_none_is_a_mixer_name_and_null_for_optional_fields():

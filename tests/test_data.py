@@ -146,3 +146,15 @@ def test_builtin_datasets_are_made_on_first_use(store):
     score = ep.normalized_score(ep.episode_returns()).mean()
     assert 0.3 < score < 0.8
     assert set(BUILTIN) >= {"rl_seq/pointgoal/expert-v0", "rl_seq/pointgoal/random-v0"}
+
+
+def test_a_relative_datasets_path_works(tmp_path, monkeypatch):
+    """``MINARI_DATASETS_PATH=../data`` (relative, as in the README's commands) makes and loads
+    a built-in dataset (minari alone doubles a relative root inside its file paths)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", "../data")
+    ep = load_episodes("rl_seq/pointgoal/random-v0")
+    assert ep.num_episodes == 200 and (tmp_path / "data" / "rl_seq" / "pointgoal" / "random-v0").is_dir()
+    assert not list((tmp_path / "data").glob(".rl_seq-tmp-*"))  # the staging folder is gone

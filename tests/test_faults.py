@@ -265,6 +265,8 @@ CATALOGUE = [
     ("online-without-env", ["train", "lstm"], "give --env ENV_ID"),
     ("offline-without-dataset", ["train", "dt"], "give --dataset ID"),
     ("ppo-seq-len", [*LSTM, "--set", "seq_len=30"], "seq_len=30 must divide n_steps=128"),
+    ("ppo-minibatches-of-a-small-rollout", [*LSTM, "--set", "n_envs=2", "--set", "n_steps=64"],
+     "must divide the rollout's 4 sequences (n_envs·n_steps/seq_len = 2·64/32): --set n_minibatches=4"),
     ("ppo-vectorization", [*LSTM, "--set", "vectorization=threads"], "vectorization must be sync or async"),
     ("ppo-critic", [*LSTM, "--set", "critic=both"], "critic must be shared or separate"),
     ("popgym-id-without-module", ["train", "lstm", "--env", "popgym-RepeatPreviousEasy-v0"],

@@ -54,13 +54,16 @@ def config_for(name: str, path=None, overrides: list[str] | None = None, **field
     base = merge(preset, fields)
     cfg = load_config(cls.config_class, path, overrides, base=base, expected_algo=name)
     pb = preset.get("backbone", {})
-    if cfg.backbone.mixer != pb.get("mixer") and cfg.backbone.mixer_options == pb.get("mixer_options", {}):
+    ours = pb.get("mixer_options", {})
+    if cfg.backbone.mixer != pb.get("mixer"):
         # a swapped mixer keeps only the preset mixer's options it accepts (relit --backbone
-        # linear keeps eta and gate_bias, drops r): the config is built again from the filtered preset
+        # linear keeps eta and gate_bias, drops r), beside any the caller set (odt --init from a
+        # ds4 run with state_size): the config is built again from the filtered preset
         accepted = mixer_options(cfg.backbone.mixer)
-        kept = {k: v for k, v in pb.get("mixer_options", {}).items() if k in accepted}
-        base = {**base, "backbone": {**base.get("backbone", {}), "mixer_options": kept}}
-        cfg = load_config(cls.config_class, path, overrides, base=base, expected_algo=name)
+        kept = {k: v for k, v in ours.items() if k in accepted}
+        if kept != ours:
+            preset = {**preset, "backbone": {**pb, "mixer_options": kept}}
+            cfg = load_config(cls.config_class, path, overrides, base=merge(preset, fields), expected_algo=name)
     return cfg
 
 

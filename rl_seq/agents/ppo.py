@@ -102,8 +102,14 @@ class PPOConfig(TrainConfig):
         super().__post_init__()
         if self.n_steps % self.seq_len:
             raise ConfigError(f"seq_len={self.seq_len} must divide n_steps={self.n_steps}")
-        if (self.n_envs * self.n_steps // self.seq_len) % self.n_minibatches:
-            raise ConfigError("n_minibatches must divide the number of sequences (n_envs·n_steps/seq_len)")
+        n_seq = self.n_envs * self.n_steps // self.seq_len
+        if self.n_minibatches < 1 or n_seq % self.n_minibatches:
+            fits = [d for d in range(1, n_seq + 1) if n_seq % d == 0]
+            raise ConfigError(
+                f"n_minibatches={self.n_minibatches} must divide the rollout's {n_seq} sequences "
+                f"(n_envs·n_steps/seq_len = {self.n_envs}·{self.n_steps}/{self.seq_len}): "
+                f"--set n_minibatches={max(d for d in fits if d <= max(1, self.n_minibatches))} "
+                f"(any of {', '.join(map(str, fits))}), or change n_envs/n_steps/seq_len")
         if self.start_states not in ("stored", "recomputed"):
             raise ConfigError(f"start_states must be stored or recomputed, got {self.start_states!r}")
         if self.vectorization not in ("sync", "async"):

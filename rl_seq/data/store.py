@@ -17,7 +17,7 @@ def create_dataset(dataset_id: str, buffers: list, **kwargs):
     import minari
     from minari.storage.datasets_root_dir import get_dataset_path
 
-    root = get_dataset_path()
+    root = Path(get_dataset_path()).resolve()  # minari mangles a relative MINARI_DATASETS_PATH
     tmp = Path(tempfile.mkdtemp(prefix=".rl_seq-tmp-", dir=root))
     old = os.environ.get("MINARI_DATASETS_PATH")
     try:

@@ -133,6 +133,26 @@ def test_odt_starts_from_a_trained_dt_run(tmp_path):
     assert res["last"]["step"] >= 100 and res.get("offline") is None
 
 
+def test_odt_init_from_a_ds4_run_on_the_command_line(tmp_path, capsys):
+    """Decision-S4's online phase: ``odt --init`` takes the ds4 run's backbone as it is (its own
+    mixer options included), its dataset and its context, and reports ``before`` and ``last``."""
+    import yaml
+
+    data = "rl_seq/pointgoal/medium-v0"
+    small = [x for k, v in (("context", 5), ("batch_size", 8), ("eval_episodes", 2), ("eval_every", 0),
+                            ("backbone.d_model", 16), ("backbone.n_layers", 1)) for x in ("--set", f"{k}={v}")]
+    assert main(["train", "ds4", "--dataset", data, "--steps", "10", "--out", str(tmp_path / "ds4"), *small,
+                 "--set", "backbone.mixer_options.state_size=8"]) == 0
+    assert main(["train", "odt", "--init", str(tmp_path / "ds4"), "--online-steps", "60", "--out", str(tmp_path / "odt"),
+                 "--set", "batch_size=8", "--set", "updates_per_trajectory=2", "--set", "eval_episodes=2"]) == 0
+    cfg = yaml.safe_load((tmp_path / "odt" / "config.yaml").read_text())
+    assert cfg["dataset"] == data and cfg["config"]["context"] == 5
+    assert cfg["config"]["backbone"]["mixer"] == "s4d" and cfg["config"]["backbone"]["mixer_options"] == {"state_size": 8}
+    report = json.loads((tmp_path / "odt" / "eval.json").read_text())
+    assert report["before"]["step"] == 0 and report["last"]["step"] >= 60
+    assert "│ before" in capsys.readouterr().out
+
+
 def test_online_fine_tuning_from_random_data_improves_the_return():
     """PointGoal's random-policy data (normalised score 0): the online phase raises the
     evaluation return over the offline one. Measured on seeds 0-3 (this recipe, 20 episodes):

@@ -75,7 +75,11 @@ def test_the_squashed_gaussian_stays_in_bounds_and_scores_actions_at_the_bounds(
     h = torch.randn(64, 8)
     a = head.dist(h).sample()
     assert (a[:, 0].abs() <= 2).all() and (a[:, 1] >= 0).all() and (a[:, 1] <= 1).all()
-    assert torch.isfinite(head.log_prob(h, torch.tensor([[2.0, 0.0]]).expand(64, 2))).all()
+    at_bounds = torch.tensor([[2.0, 0.0]]).expand(64, 2)
+    assert torch.isfinite(head.log_prob(h, at_bounds)).all()
+    # an action at a bound scores as the point bound_margin of the half-range inside it
+    inside = torch.tensor([[2.0 - 2.0 * head.bound_margin, 0.5 * head.bound_margin]]).expand(64, 2)
+    assert torch.allclose(head.log_prob(h, at_bounds), head.dist(h).log_prob(inside), atol=1e-4)
     d = head.dist(h)
     assert torch.isfinite(d.log_prob(d.rsample())).all()
     assert torch.allclose(head.act(h, deterministic=True), head(h))

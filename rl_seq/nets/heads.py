@@ -55,12 +55,19 @@ class SquashedGaussianHead(nn.Module):
         return TransformedDistribution(base, [TanhTransform(cache_size=1), AffineTransform(
             (self.high + self.low) / 2, (self.high - self.low) / 2, event_dim=1, cache_size=1)])
 
+    bound_margin: float = 1e-3
+    """log_prob moves actions at the bounds this fraction of the half-range inside them (tanh
+    reaches the bounds only at infinity). The D4RL-style MuJoCo data holds 18-20% of its action
+    entries exactly at a bound (the behaviour policy's clipped actions); at a margin of 1e-6
+    their pre-tanh targets, ±7.3, dominate the likelihood and offline learning stalls
+    (odt on halfcheetah/medium-v0, 2000 steps: 11.0 at 1e-6, 35.4 at 1e-3, 34.2 at 1e-2; dt 37.0)."""
+
     def log_prob(self, h: Tensor, action: Tensor) -> Tensor:
-        """log π(action | h), [...]: actions at the bounds are moved just inside them (tanh
-        reaches the bounds only at infinity)."""
+        """log π(action | h), [...]: actions at the bounds are first moved ``bound_margin``
+        inside them."""
         mid, half = (self.high + self.low) / 2, (self.high - self.low) / 2
-        a = mid + (action - mid).clamp(-half * (1 - 1e-6), half * (1 - 1e-6))
-        return self.dist(h).log_prob(a)
+        inside = half * (1 - self.bound_margin)
+        return self.dist(h).log_prob(mid + (action - mid).clamp(-inside, inside))
 
     def act(self, h: Tensor, deterministic: bool = True) -> Tensor:
         return self(h) if deterministic else self.dist(h).sample()

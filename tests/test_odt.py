@@ -147,11 +147,13 @@ def test_odt_init_from_a_ds4_run_on_the_command_line(tmp_path, capsys):
                             ("backbone.d_model", 16), ("backbone.n_layers", 1)) for x in ("--set", f"{k}={v}")]
     assert main(["train", "ds4", "--dataset", data, "--steps", "10", "--out", str(tmp_path / "ds4"), *small,
                  "--set", "backbone.mixer_options.state_size=8"]) == 0
-    assert main(["train", "odt", "--init", str(tmp_path / "ds4"), "--online-steps", "60", "--out", str(tmp_path / "odt"),
-                 "--set", "batch_size=8", "--set", "updates_per_trajectory=2", "--set", "eval_episodes=2"]) == 0
+    assert main(["train", "odt", "--init", str(tmp_path / "ds4"), "--online-steps", "60",
+                 "--out", str(tmp_path / "odt"), "--set", "batch_size=8", "--set", "updates_per_trajectory=2",
+                 "--set", "eval_episodes=2"]) == 0
     cfg = yaml.safe_load((tmp_path / "odt" / "config.yaml").read_text())
     assert cfg["dataset"] == data and cfg["config"]["context"] == 5
-    assert cfg["config"]["backbone"]["mixer"] == "s4d" and cfg["config"]["backbone"]["mixer_options"] == {"state_size": 8}
+    backbone = cfg["config"]["backbone"]
+    assert backbone["mixer"] == "s4d" and backbone["mixer_options"] == {"state_size": 8}
     report = json.loads((tmp_path / "odt" / "eval.json").read_text())
     assert report["before"]["step"] == 0 and report["last"]["step"] >= 60
     assert "│ before" in capsys.readouterr().out

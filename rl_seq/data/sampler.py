@@ -22,14 +22,13 @@ class SegmentSampler:
         short_episodes: what to do with episodes shorter than K: ``"pad"`` (keep them,
             padded and masked), ``"drop"`` or ``"error"``.
         extra: more per-step arrays [N, ...] to cut into windows alongside the fields.
-        rtg: the returns-to-go [N] to condition on (default: the data's, discounted by gamma).
         min_length: episodes shorter than this are "short" (default: ``context``); a model
             that sees K steps but trains on longer windows passes K.
     """
 
     def __init__(self, episodes: Episodes, context: int, gamma: float = 1.0, seed: int = 0,
                  short_episodes: str = "pad", extra: dict[str, np.ndarray] | None = None,
-                 rtg: np.ndarray | None = None, min_length: int | None = None) -> None:
+                 min_length: int | None = None) -> None:
         if context < 1:
             raise ValueError(f"context must be >= 1, got {context}")
         K = min_length or context
@@ -48,7 +47,6 @@ class SegmentSampler:
             if short_episodes == "drop":
                 keep_steps = np.repeat(~short, episodes.lengths)
                 extra = {k: v[keep_steps] for k, v in (extra or {}).items()}
-                rtg = None if rtg is None else rtg[keep_steps]
                 episodes = episodes.select(~short)
             elif short_episodes != "pad":
                 raise ValueError(f"short_episodes must be pad, drop or error, got {short_episodes!r}")
@@ -58,7 +56,7 @@ class SegmentSampler:
         self.extra = dict(extra or {})
         self.context = context
         self.rng = np.random.default_rng(seed)
-        self.rtg = episodes.returns_to_go(gamma) if rtg is None else np.asarray(rtg, np.float32)
+        self.rtg = episodes.returns_to_go(gamma)
         self.timesteps = episodes.timesteps
         self.episode_end = np.repeat(episodes.offsets[1:], episodes.lengths)  # [N]
 

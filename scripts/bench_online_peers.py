@@ -157,7 +157,8 @@ def plot(rows: list[dict], a, path: Path) -> None:
     axes[0, 0].set_ylabel("training return")
     axes[1, 0].set_ylabel("training return")
     for ax in axes[0]:
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a task no job has finished yet has no lines
+            ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -105,8 +105,8 @@ def table(rows: list[dict], a) -> tuple[str, list[dict]]:
     lines = [f"{a.steps:,} env steps, 8 envs, one thread per job, {a.episodes} deterministic evaluation episodes "
              "on the same env seeds after training; return mean ± std over seeds (n). Δ = rl_seq − sb3-contrib "
              "in mean return; speed-up = sb3-contrib's mean training wall time / the agent's.", "",
-             "| task | " + " | ".join([SB3, *rl]) + " | " + " | ".join(f"{g}: Δ, speed-up" for g in rl) + " |",
-             "|---|" + "---|" * (1 + 2 * len(rl))]
+             "| task | " + " | ".join(a.agents) + " | " + " | ".join(f"{g}: Δ, speed-up" for g in rl) + " |",
+             "|---|" + "---|" * (len(a.agents) + len(rl))]
     summary = []
     for task in a.tasks:
         by = {g: [r for r in rows if r["task"] == task and r["agent"] == g] for g in a.agents}

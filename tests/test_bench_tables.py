@@ -17,7 +17,7 @@ def row(agent: str, ret: float, seed: int = 0) -> dict:
 @pytest.mark.parametrize("agents", [["lstm"], [bench.SB3, "gtrxl", "lstm"], ["gtrxl", bench.SB3]])
 def test_every_table_row_has_as_many_cells_as_the_header(agents):
     a = SimpleNamespace(agents=agents, tasks=["t"], steps=1000, episodes=2)
-    text, summary = bench.table([row(bench.SB3, 0.5), row("gtrxl", 0.7), row("gtrxl", 0.9, 1), row("lstm", 0.1)], a)
+    text, _ = bench.table([row(bench.SB3, 0.5), row("gtrxl", 0.7), row("gtrxl", 0.9, 1), row("lstm", 0.1)], a)
     lines = [ln for ln in text.splitlines() if ln.startswith("|")]
     assert len({ln.count("|") for ln in lines}) == 1, lines
     header = [c.strip() for c in lines[0].strip("|").split("|")]

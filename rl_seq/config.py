@@ -118,6 +118,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return float(value)
         except ValueError:
             raise ConfigError(f"{key} must be float, got {value!r}") from None
+    if tp is str and isinstance(value, bool):  # YAML 1.1 reads off/on/no/yes as booleans: `--set amp=off`
+        return "on" if value else "off"
     if tp in (int, str, bool):
         if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
             return value

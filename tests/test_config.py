@@ -66,6 +66,16 @@ def test_a_swapped_mixer_keeps_only_the_preset_options_it_accepts():
     assert cfg.backbone.mixer_options == {"state_size": 32}
 
 
+def test_on_and_off_stay_words_for_text_fields(tmp_path):
+    """YAML 1.1 reads off/on as booleans: ``--set amp=off`` and ``compile: on`` in a file still
+    set the words, and a bool field still takes them as booleans."""
+    f = tmp_path / "c.yaml"
+    f.write_text("compile: on\n")
+    cfg = config_for("dt", f, ["amp=off"])
+    assert (cfg.amp, cfg.compile) == ("off", "on")
+    assert config_for("dt", overrides=["wandb=off"]).wandb is False
+
+
 def test_none_is_a_mixer_name_and_null_for_optional_fields():
     """``--backbone none`` (the memoryless baseline) and ``--set target_kl=none`` both work."""
     cfg = config_for("lstm", overrides=["backbone.mixer=none", "target_kl=none"])

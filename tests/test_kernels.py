@@ -54,6 +54,16 @@ def test_forward_equals_steps(name):
 
 
 @pytest.mark.parametrize("name", MIXERS)
+def test_no_state_equals_the_initial_state(name):
+    """``forward(x)`` (a training window: ``fresh_state``) equals ``forward(x, init_state)``."""
+    m = build(name)
+    x, resets = example()
+    y0, s0 = m(x, None, resets)
+    y1, s1 = m(x, m.init_state(3), resets)
+    assert max_diff(y0, y1) < TOL and max_diff(s0, s1) < TOL
+
+
+@pytest.mark.parametrize("name", MIXERS)
 def test_reset_equals_separate_sequences(name):
     m = build(name)
     x, _ = example(B=1, T=11)

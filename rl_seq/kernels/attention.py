@@ -51,6 +51,13 @@ class Attention(Mixer):
         k = torch.zeros(batch_size, H, L, Dh, device=device)
         return (k, k.clone(), torch.zeros(batch_size, L, dtype=torch.bool, device=device))
 
+    def fresh_state(self, batch_size: int, device=None) -> State:
+        """An empty cache (no slots): the same result as ``init_state``'s all-invalid one, with
+        shapes that do not depend on the data (a training step compiles to one static graph)."""
+        H, Dh = self.n_heads, self.head_dim
+        k = torch.zeros(batch_size, H, 0, Dh, device=device)
+        return (k, k.clone(), torch.zeros(batch_size, 0, dtype=torch.bool, device=device))
+
     def state_bytes(self, batch_size: int = 1, history: int = 0) -> int:
         L = history if self.window is None else min(history, self.window - 1)
         return batch_size * L * (2 * self.d_model * 4 + 1)

@@ -39,13 +39,19 @@ class Mixer(nn.Module):
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         raise NotImplementedError
 
+    def fresh_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        """The state ``forward`` starts from when given none (training windows): by default
+        ``init_state``; a mixer may return an equivalent one that is cheaper to run over
+        (attention: an empty cache rather than a full, all-invalid one)."""
+        return self.init_state(batch_size, device)
+
     def forward(
         self, x: Tensor, state: State | None = None, resets: Tensor | None = None
     ) -> tuple[Tensor, State]:
         """x: [B, T, D]; resets: bool [B, T] (True = first token of an episode)."""
         resets = self._check(x, state, resets)
         if state is None:
-            state = self.init_state(x.shape[0], x.device)
+            state = self.fresh_state(x.shape[0], x.device)
         if self.backend == "reference":
             return self.forward_reference(x, state, resets)
         return self.forward_fast(x, state, resets)
@@ -186,7 +192,10 @@ class Chunks:
 
 def trim_invalid(valid: Tensor) -> int:
     """How many leading cache slots are invalid in every row (pre-allocated, never written):
-    they can be skipped exactly, since masked keys contribute nothing."""
+    they can be skipped exactly, since masked keys contribute nothing. An empty cache needs no
+    look (and no host sync, which a compiled training step cannot trace)."""
+    if valid.shape[1] == 0:
+        return 0
     used = valid.any(0)
     return valid.shape[1] if not bool(used.any()) else int(used.to(torch.int8).argmax())
 

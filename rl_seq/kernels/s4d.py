@@ -74,6 +74,7 @@ class S4D(Mixer):
             ys.append(2 * (c * h).sum(-1).real)
         return self._finish(torch.stack(ys, 1), x), (h,)
 
+    @torch.compiler.disable  # complex tensors and data-dependent segment packing: runs eagerly in a compiled model
     def forward_fast(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
         B, T, D = x.shape
         a_bar, b_bar, c, _ = self._discrete()

@@ -141,7 +141,8 @@ class Work:
 
     iterate: Callable[[int], tuple[int, dict]]
     """``iterate(step) -> (steps advanced, metrics)``: one iteration, starting after ``step``
-    steps. Metrics are floats (logged, shown, checked for NaN)."""
+    steps. Metrics are floats or 0-d tensors (logged, shown, checked for NaN); tensors are read
+    only on the steps that log, so a GPU step does not wait for its loss to reach the host."""
     steps: int
     """The budget, in the algorithm's steps."""
     state: dict[str, Any] = field(default_factory=dict)
@@ -244,7 +245,7 @@ def _loop(agent: Agent, work: Work, cfg: TrainConfig, run: Run | None, resume: b
             n, m = work.iterate(step)
             step += n
             if _crossed(step, prev, cfg.log_every) or step >= total:
-                metrics = m = _mean_over_ranks(m)
+                metrics = m = _mean_over_ranks({k: float(v) for k, v in m.items()})
                 if not all(math.isfinite(v) for v in m.values()):
                     raise FloatingPointError(
                         f"non-finite training metrics at step {step}: {m}; lower the learning rate "

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rl_seq.agents.base import Agent, EvalResult, param_groups, warmup
+from rl_seq.agents.base import Agent, EvalResult, adamw, warmup
 from rl_seq.config import ConfigError, OfflineConfig
 from rl_seq.data import Episodes, SegmentSampler
 from rl_seq.engine import Work, eval_seed, global_mean, rank_seed
@@ -165,7 +165,7 @@ class DecisionAgent(Agent):
         info = self._data_info(dataset, env)
         sampler = SegmentSampler(dataset, cfg.train_segment, seed=rank_seed(cfg.seed),
                                  short_episodes=cfg.short_episodes, min_length=cfg.context)
-        opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
+        opt = adamw(self.model, cfg.lr, cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps))
         dev, model = self.device, self.training_model()
 
@@ -187,7 +187,7 @@ class DecisionAgent(Agent):
             opt.step()
             lr = sched.get_last_lr()[0]
             sched.step()
-            return 1, {"loss": loss.item(), "grad_norm": gnorm.item(), "lr": lr}
+            return 1, {"loss": loss.detach(), "grad_norm": gnorm, "lr": lr}
 
         return Work(iterate, steps, dict(optimizer=opt, scheduler=sched, sampler=sampler), info, per_rank=("sampler",))
 

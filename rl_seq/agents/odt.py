@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rl_seq.agents.base import param_groups, warmup
+from rl_seq.agents.base import adamw, warmup
 from rl_seq.agents.decision import DecisionAgent, DecisionConfig
 from rl_seq.config import ConfigError
 from rl_seq.data import Episodes, SegmentSampler
@@ -178,7 +178,7 @@ class ODTAgent(DecisionAgent):
         offline = SegmentSampler(dataset, segment, seed=cfg.seed, short_episodes=cfg.short_episodes,
                                  min_length=cfg.context)
         model, temp = self.model, Temperature(cfg.init_temperature).to(dev)
-        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        opt = adamw(model, cfg.lr, cfg.weight_decay)
         # the warm-up belongs to the offline phase: an online phase alone starts from a trained
         # (warmed-up) run, at the full learning rate
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps if steps else 0))
@@ -205,8 +205,8 @@ class ODTAgent(DecisionAgent):
             opt_temp.zero_grad(set_to_none=True)
             t_loss.backward()
             opt_temp.step()
-            return dict(loss=loss.item(), nll=-log_lik.item(), entropy=entropy.item(),
-                        temperature=temp.value.item(), grad_norm=gnorm.item(), lr=lr)
+            return dict(loss=loss.detach(), nll=-log_lik.detach(), entropy=entropy.detach(),
+                        temperature=temp.value.detach(), grad_norm=gnorm, lr=lr)
 
         def collect(episode: int) -> dict:
             """One trajectory, sampling the policy conditioned on the exploration target."""

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rl_seq.agents.base import Agent, param_groups, warmup
+from rl_seq.agents.base import Agent, adamw, warmup
 from rl_seq.config import ConfigError, OfflineConfig
 from rl_seq.data import Episodes, SegmentSampler
 from rl_seq.engine import Work, rank_seed
@@ -238,7 +238,7 @@ class QTAgent(Agent):
         sampler = SegmentSampler(aug, cfg.context + cfg.n_step, seed=rank_seed(cfg.seed),
                                  extra=dict(final=final, terminal=terminal, mc=mc))
         target = copy.deepcopy(self.model).requires_grad_(False)
-        opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
+        opt = adamw(self.model, cfg.lr, cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps))
         disc, model = self.model.backbone.tokenizer.discretiser, self.training_model()
 
@@ -263,7 +263,7 @@ class QTAgent(Agent):
             if logits is not None:  # the behaviour head: cross-entropy on every step with an action
                 acted = (b["mask"].bool() & ~b["final"].bool())[..., None].expand_as(bins)
                 bc = nn.functional.cross_entropy(logits.float()[acted], bins[acted])
-                loss, logs = loss + bc, {"behaviour_nll": bc.item()}
+                loss, logs = loss + bc, {"behaviour_nll": bc.detach()}
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -273,8 +273,8 @@ class QTAgent(Agent):
             with torch.no_grad():
                 for pt, p in zip(target.parameters(), self.model.parameters()):
                     pt.lerp_(p, cfg.tau)
-            return 1, {"loss": loss.item(), "td": td.item(), "conservative": cons.item(), **logs,
-                       "grad_norm": gnorm.item(), "lr": lr}
+            return 1, {"loss": loss.detach(), "td": td.detach(), "conservative": cons.detach(), **logs,
+                       "grad_norm": gnorm, "lr": lr}
 
         return Work(iterate, steps, dict(optimizer=opt, scheduler=sched, sampler=sampler, target=target), info,
                     per_rank=("sampler",))

@@ -8,10 +8,13 @@ JSON (``OUT/summary.json``) and the table (``--table``).
         --datasets hopper/medium-v0 --steps 5000 --seeds 0 1 2 --jobs 2 --out runs/peers
 
 The peers run in a virtualenv of their own (d3rlpy 2.8.1 pins gymnasium 1.0), made on first
-use at ``--peers-venv`` from ``scripts/peers/requirements.txt``: they are never rl_seq
-dependencies. Each (library, dataset, seed) job writes its JSON under ``--out`` and is skipped
-when the script is run again, so a stopped benchmark resumes (a stopped rl_seq run resumes from
-its checkpoint); ``--jobs`` runs that many at once, one thread each. ``--speed`` adds the
+use at ``--peers-venv`` from ``scripts/peers/requirements.txt`` (or ``--peers-python``, an
+interpreter that has them): they are never rl_seq dependencies. ``--device cuda`` trains and
+acts on the GPU on both sides (many jobs can share one GPU: ``--jobs``); ``--algo`` picks
+another of rl_seq's return-conditioned agents. Each (library, dataset, seed) job writes its
+JSON under ``--out`` and is skipped when the script is run again, so a stopped benchmark
+resumes (a stopped rl_seq run resumes from its checkpoint); ``--jobs`` runs that many at once,
+one thread each. ``--speed`` adds the
 speed rows (run it on an idle machine); ``--report`` only tabulates the finished jobs.
 """
 
@@ -50,28 +53,38 @@ def job_env() -> dict:
 
 
 def run_d3rlpy(py: Path, ds: str, seed: int, a, out: Path) -> dict:
-    from rl_seq.agents.base import eval_seed
+    from rl_seq.engine import eval_seed
 
+    evals = out.with_suffix(".evals.jsonl")
+    evals.unlink(missing_ok=True)
     cmd = [str(py), str(HERE / "peers" / "d3rlpy_dt.py"), ds, "--steps", str(a.steps), "--warmup", str(a.warmup),
            "--seed", str(seed), "--eval-seed", str(eval_seed(seed)), "--episodes", str(a.episodes),
-           "--target-return", str(target_for(ds, a)), "--threads", "1"]
+           "--target-return", str(target_for(ds, a)), "--threads", "1", "--eval-every", str(a.eval_every),
+           "--evals-file", str(evals), "--device", "cuda:0" if a.device == "cuda" else "cpu"]
     with open(out.with_suffix(".log"), "w") as log:
         res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=job_env())
     if res.returncode != 0:
         raise RuntimeError(f"d3rlpy job failed (see {out.with_suffix('.log')})")
     r = json.loads(res.stdout.strip().splitlines()[-1])
-    return dict(lib="d3rlpy", dataset=ds, seed=seed, last=r["normalized_score"], best=None,
+    return dict(lib="d3rlpy", dataset=ds, seed=seed, last=r["normalized_score"], best=r["best_normalized_score"],
                 mean_return=float(np.mean(r["returns"])), train_step_s=r["train_step_s"], raw=r)
 
 
 def run_rl_seq(ds: str, seed: int, a, out: Path) -> dict:
+    import dataclasses
+
+    from rl_seq.agents import PRESETS
+
     env = ds.split("/")[0]
+    conditioned = "target_returns" in {f.name for f in dataclasses.fields(PRESETS[a.algo][0].config_class)}
     run = out.with_suffix("")
-    cmd = [sys.executable, "-m", "rl_seq", "train", "dt", "--dataset", ds, "--steps", str(a.steps),
+    cmd = [sys.executable, "-m", "rl_seq", "train", a.algo, "--dataset", ds, "--steps", str(a.steps),
            "--seed", str(seed), "--out", str(run), "--set", f"warmup_steps={a.warmup}",
            "--set", f"eval_every={a.eval_every or a.steps}", "--set", f"eval_episodes={a.episodes}",
-           "--set", "threads=1", "--set", f"target_returns=[{target_for(ds, a)}]", *a.rl_seq_set]
-    cfg = ROOT / "configs" / "dt" / f"{env}.yaml"
+           "--set", "threads=1", "--set", f"device={a.device}", *a.rl_seq_set]
+    if conditioned:  # the return-conditioned agents act on d3rlpy's target; qt has none
+        cmd += ["--set", f"target_returns=[{target_for(ds, a)}]"]
+    cfg = ROOT / "configs" / a.algo / f"{env}.yaml"
     if cfg.exists():
         cmd += ["--config", str(cfg)]
     if (run / "checkpoints" / "last.pt").exists():
@@ -118,13 +131,14 @@ def score_table(rows: list[dict], a) -> tuple[str, list[dict]]:
     from rl_seq.data import load_episodes
 
     extra = " ".join(a.rl_seq_set[1::2])
+    where = "1 thread" if a.device == "cpu" else f"{a.device}, {a.jobs} jobs sharing it"
     lines = [f"{a.steps} gradient steps (warm-up {a.warmup}), context K=20, batches of 64 windows of 20 steps "
-             f"(rl_seq: its dt preset{', with ' + extra if extra else ''}), 1 thread, "
+             f"(rl_seq: its {a.algo} preset{', with ' + extra if extra else ''}), {where}, "
              f"{a.episodes} evaluation episodes on the same env seeds; normalised score x100, mean ± std over "
-             f"seeds (n). rl_seq's best is its best of the evaluations every {a.eval_every or a.steps} steps "
-             "(d3rlpy evaluates once, at the end); the ratio compares the last evaluations.",
-             "", "| dataset | data | target | d3rlpy DT | rl_seq dt (last) | rl_seq dt (best) | rl_seq / d3rlpy |",
-             "|---|---|---|---|---|---|---|"]
+             f"seeds (n). Best is the best of the evaluations every {a.eval_every or a.steps} steps and the "
+             "last; the ratio compares the last evaluations.",
+             "", f"| dataset | data | target | d3rlpy DT (last) | d3rlpy DT (best) | rl_seq {a.algo} (last) "
+             f"| rl_seq {a.algo} (best) | rl_seq / d3rlpy |", "|---|---|---|---|---|---|---|---|"]
     summary = []
     for ds in a.datasets:
         d = [r for r in rows if r["dataset"] == ds and r["lib"] == "d3rlpy"]
@@ -134,9 +148,10 @@ def score_table(rows: list[dict], a) -> tuple[str, list[dict]]:
         sm = np.mean([r["last"] for r in s]) if s else float("nan")
         ratio = sm / dm if d and s and dm > 0 else float("nan")
         lines.append(f"| {ds} | {100 * data:.1f} | {target_for(ds, a):.0f} | {mean_std([r['last'] for r in d])} "
-                     f"(n={len(d)}) | {mean_std([r['last'] for r in s])} (n={len(s)}) | "
-                     f"{mean_std([r['best'] for r in s])} | {ratio:.2f} |")
-        summary.append(dict(dataset=ds, data=data, d3rlpy=[r["last"] for r in d], rl_seq_last=[r["last"] for r in s],
+                     f"(n={len(d)}) | {mean_std([r.get('best') for r in d])} | {mean_std([r['last'] for r in s])} "
+                     f"(n={len(s)}) | {mean_std([r['best'] for r in s])} | {ratio:.2f} |")
+        summary.append(dict(dataset=ds, data=data, d3rlpy=[r["last"] for r in d],
+                            d3rlpy_best=[r.get("best") for r in d], rl_seq_last=[r["last"] for r in s],
                             rl_seq_best=[r["best"] for r in s], seeds_d3rlpy=[r["seed"] for r in d],
                             seeds_rl_seq=[r["seed"] for r in s], ratio=ratio))
     return "\n".join(lines), summary
@@ -209,19 +224,22 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=1000, help="rl_seq's periodic evaluations (for its best)")
     p.add_argument("--target-return", type=float, default=None, help="default: 3600 hopper, 6000 halfcheetah")
     p.add_argument("--libs", nargs="+", default=["d3rlpy", "rl_seq"], choices=["d3rlpy", "rl_seq"])
+    p.add_argument("--algo", default="dt", help="rl_seq's agent (any offline one: dt, dc, ds4, lram, qt)")
     p.add_argument("--rl-seq-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra rl_seq config overrides (each passed as --set KEY=VALUE)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--speed", action="store_true", help="also time training and acting against HF")
     p.add_argument("--report", action="store_true", help="only tabulate the finished jobs")
     p.add_argument("--peers-venv", default=str(ROOT / ".venv-peers"))
+    p.add_argument("--peers-python", default=None, help="an interpreter with the peers installed (no virtualenv made)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both libraries train and act")
     p.add_argument("--out", default="runs/peers")
     p.add_argument("--table", default=None, help="also write the table to this file (e.g. docs/bench/peers.md)")
     a = p.parse_args()
     a.rl_seq_set = [x for kv in a.rl_seq_set for x in ("--set", kv)]
     Path(a.out).mkdir(parents=True, exist_ok=True)
     needs_peers = a.speed or (not a.report and "d3rlpy" in a.libs)
-    py = peers_python(Path(a.peers_venv)) if needs_peers else None
+    py = (Path(a.peers_python) if a.peers_python else peers_python(Path(a.peers_venv))) if needs_peers else None
     jobs = [(lib, ds, s) for ds in a.datasets for s in a.seeds for lib in a.libs]
     with ThreadPoolExecutor(a.jobs) as pool:
         rows = [r for r in pool.map(lambda j: job(*j, a, py), jobs) if r is not None]

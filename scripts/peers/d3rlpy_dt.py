@@ -5,10 +5,12 @@ one JSON line on stdout (d3rlpy's logs go to stderr). The recipe is d3rlpy's D4R
 reproduction of the Decision Transformer: context 20, 3 layers, 1 head, embed 128, dropout
 0.1, AdamW lr 1e-4 / wd 1e-4, clip 0.25, batch 64, reward scale 1e-3, standard observation
 scaling; the warm-up is an argument. Evaluation: ``episodes`` episodes with env seeds
-``eval_seed, eval_seed+1, ...`` through d3rlpy's stateful wrapper (window recompute).
+``eval_seed, eval_seed+1, ...`` through d3rlpy's stateful wrapper (window recompute), at the
+end and every ``--eval-every`` steps (as rl_seq's periodic evaluations; each one is also
+appended to ``--evals-file``, so a stopped job leaves what it measured).
 
     python scripts/peers/d3rlpy_dt.py hopper/medium-v0 --steps 5000 --warmup 1000 --seed 0 \\
-        --eval-seed 10000 --episodes 10 --target-return 3600
+        --eval-seed 10000 --episodes 10 --target-return 3600 [--device cuda:0]
 """
 
 import argparse
@@ -47,6 +49,9 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--target-return", type=float, required=True)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    p.add_argument("--eval-every", type=int, default=0, help="also evaluate every this many steps (0: at the end)")
+    p.add_argument("--evals-file", default=None, help="append each evaluation to this JSONL file")
     a = p.parse_args()
 
     out = sys.stdout
@@ -73,28 +78,49 @@ def main() -> None:
             observation_scaler=d3rlpy.preprocessing.StandardObservationScaler(),
             reward_scaler=d3rlpy.preprocessing.MultiplyRewardScaler(0.001),
             position_encoding_type=d3rlpy.PositionEncodingType.SIMPLE,
-        ).create(device=False)
-        t0 = time.perf_counter()
+        ).create(device=False if a.device == "cpu" else a.device)
+
+        def evaluate(step: int) -> dict:
+            policy = dt.as_stateful_wrapper(target_return=a.target_return)
+            returns, lengths, t1 = [], [], time.perf_counter()
+            for i in range(a.episodes):
+                policy.reset()
+                obs, _ = env.reset(seed=a.eval_seed + i)
+                reward, ret, n, done = 0.0, 0.0, 0, False
+                while not done:
+                    obs, reward, term, trunc, _ = env.step(policy.predict(np.asarray(obs, np.float32), float(reward)))
+                    ret, n, done = ret + float(reward), n + 1, term or trunc
+                returns.append(ret)
+                lengths.append(n)
+            norm = [float(minari.get_normalized_score(mds, np.asarray(r))) for r in returns]
+            res = dict(step=step, wall_s=time.perf_counter() - t0, returns=returns, lengths=lengths,
+                       normalized_scores=norm, normalized_score=float(np.mean(norm)),
+                       mean_return=float(np.mean(returns)),
+                       act_ms_per_step=1e3 * (time.perf_counter() - t1) / max(sum(lengths), 1))
+            if a.evals_file:
+                with open(a.evals_file, "a") as f:
+                    f.write(json.dumps(res) + "\n")
+            return res
+
+        evals, eval_s, t0 = [], [0.0], time.perf_counter()
+
+        def periodic(algo, epoch: int, step: int) -> None:
+            if a.eval_every and step % a.eval_every == 0 and step < a.steps:
+                t = time.perf_counter()
+                evals.append(evaluate(step))
+                eval_s[0] += time.perf_counter() - t
+
         dt.fit(data, n_steps=a.steps, n_steps_per_epoch=a.steps, show_progress=False,
-               logger_adapter=d3rlpy.logging.NoopAdapterFactory(), save_interval=10**9)
-        train_s = time.perf_counter() - t0
-        policy = dt.as_stateful_wrapper(target_return=a.target_return)
-        returns, lengths, t1 = [], [], time.perf_counter()
-        for i in range(a.episodes):
-            policy.reset()
-            obs, _ = env.reset(seed=a.eval_seed + i)
-            reward, ret, n, done = 0.0, 0.0, 0, False
-            while not done:
-                obs, reward, term, trunc, _ = env.step(policy.predict(np.asarray(obs, np.float32), float(reward)))
-                ret, n, done = ret + float(reward), n + 1, term or trunc
-            returns.append(ret)
-            lengths.append(n)
-        act_ms = 1e3 * (time.perf_counter() - t1) / max(sum(lengths), 1)
-        norm = [float(minari.get_normalized_score(mds, np.asarray(r))) for r in returns]
+               logger_adapter=d3rlpy.logging.NoopAdapterFactory(), save_interval=10**9, callback=periodic)
+        train_s = time.perf_counter() - t0 - eval_s[0]
+        last = evaluate(a.steps)
+        evals.append(last)
+        best = max(evals, key=lambda e: e["mean_return"])
     print(json.dumps(dict(lib="d3rlpy", version=d3rlpy.__version__, dataset=a.dataset, seed=a.seed,
-                          steps=a.steps, train_s=train_s, train_step_s=train_s / a.steps,
-                          returns=returns, lengths=lengths, normalized_scores=norm,
-                          normalized_score=float(np.mean(norm)), act_ms_per_step=act_ms,
+                          steps=a.steps, device=a.device, train_s=train_s, train_step_s=train_s / a.steps,
+                          **{k: last[k] for k in ("returns", "lengths", "normalized_scores", "normalized_score",
+                                                  "act_ms_per_step")},
+                          best_normalized_score=best["normalized_score"], best_step=best["step"], evals=evals,
                           target_return=a.target_return)), file=out, flush=True)
 
 

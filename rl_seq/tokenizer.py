@@ -60,6 +60,11 @@ class ActionDiscretiser(nn.Module):
         """long [..., d] -> float [..., d] (bin centres)."""
         return self.low + (idx.float() + 0.5) * (self.high - self.low) / self.n_bins
 
+    def centres(self, dim: int) -> Tensor:
+        """The bin centres of dimension ``dim``, [n_bins] (``decode`` of every bin)."""
+        idx = torch.arange(self.n_bins, device=self.low.device).float()
+        return self.low[dim] + (idx + 0.5) * (self.high[dim] - self.low[dim]) / self.n_bins
+
 
 def is_image_space(space: gym.Space) -> bool:
     return isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and space.shape[-1] in (1, 3, 4)

@@ -7,6 +7,7 @@ import torch
 
 import rl_seq
 from rl_seq.agents.q_transformer import targets, td_and_conservative, with_final_steps
+from rl_seq.config import ConfigError
 
 
 def window(terminal_end: bool = False, final_at: int | None = 3):
@@ -146,6 +147,28 @@ def test_qt_greedy_decoding_matches_the_parallel_q(options):
         q = q.masked_fill(~agent.model.in_support(logits), -1.0)
     bins = agent.model.backbone.tokenizer.discretiser.encode(fields["act"])
     assert torch.equal(q.argmax(-1), bins)
+
+
+def test_soft_decoding_spans_behaviour_mean_to_greedy():
+    """``decode=soft``: a large temperature acts with the behaviour head's mean bin centre, a
+    small one with the argmax of Q; in between the action lies inside the data's bins."""
+    agent = rl_seq.make_agent("qt", dataset="rl_seq/pointgoal/medium-v0", **{**QT, "decode": "soft"})
+    agent.model.eval()
+    h = torch.randn(5, agent.config.backbone.d_model)
+    centres = agent.model.backbone.tokenizer.discretiser.centres(1)
+    with torch.no_grad():
+        probs = torch.softmax(agent.model.behaviour(h, 1), -1)
+        q = agent.model.head(h, 1)
+        agent.config.temperature = 1e6
+        mean = agent._decode_dim(h, 1, deterministic=True)
+        agent.config.temperature = 1e-9
+        sharp = agent._decode_dim(h, 1, deterministic=True)
+        sampled = agent._decode_dim(h, 1, deterministic=False)
+    assert torch.allclose(mean, probs @ centres, atol=1e-5)
+    assert torch.allclose(sharp, centres[q.argmax(-1)], atol=1e-5)
+    assert torch.allclose(sampled, centres[q.argmax(-1)], atol=1e-5)  # all the mass on one bin
+    with pytest.raises(ConfigError, match="decode must be"):
+        rl_seq.make_agent("qt", dataset="rl_seq/pointgoal/medium-v0", decode="mean")
 
 
 def test_a_q_transformer_saved_before_per_dimension_heads_loads(tmp_path):

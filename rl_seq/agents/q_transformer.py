@@ -16,7 +16,8 @@ Rewards are scaled to ``(1-γ)(r - lo)/(r_max - lo)`` so Q lies in [0, 1] (``lo`
 towards 0. The target network is an EMA of the online one. Greedy acting decodes dimension by
 dimension through the backbone's step state; with ``support`` > 0 (a deviation from the paper,
 see QTConfig) the target max and the greedy choice keep to the bins a behaviour head finds
-likely under the data.
+likely under the data. ``decode="soft"`` (another deviation) acts with the mean of the
+behaviour head's bins reweighted by exp(Q / temperature) instead of the argmax.
 """
 
 from __future__ import annotations
@@ -80,6 +81,17 @@ class QTConfig(OfflineConfig):
     times the most likely bin's (discrete BCQ uses 0.3). 0: every bin (the paper). Measured in
     docs/results.md: at 0.3 without the regulariser it lifts hopper/medium-v0 (configs/qt/hopper.yaml)
     and lowers the built-in PointGoal data, so the default stays the paper's."""
+    decode: str = "greedy"
+    """How acting picks each dimension's action: ``greedy``, the argmax of Q over the allowed
+    bins (the paper); ``soft``, the mean bin centre under π(b) ∝ π_β(b)·exp(Q(b)/temperature),
+    with π_β the behaviour head (trained whenever ``soft`` is on): advantage-weighted policy
+    extraction (AWR, Peng et al. 2019; CRR, Wang et al. 2020), not in the paper. Where the data's
+    actions pile up at the bounds the argmax goes there; the weighted mean stays inside the data's
+    spread and moves towards the bins Q prefers (docs/results.md)."""
+    temperature: float = 0.01
+    """``soft`` decoding: how far Q may pull the action from the behaviour mean, in units of Q
+    (rewards are scaled so Q lies in [0, 1]); large = the behaviour policy's mean, near 0 =
+    greedy among the bins the behaviour policy takes."""
     reward_floor: str = "zero"
     """Where the reward scaling puts 0: ``zero`` scales by ``(r - min(r_min, 0)) / range``, so the
     0 a termination bootstraps is worth a reward of 0 (on hopper, r_min 0.84: a fall ends the
@@ -95,6 +107,10 @@ class QTConfig(OfflineConfig):
             raise ConfigError(f"heads must be 'per_dim' or 'shared', got {self.heads!r}")
         if not 0 <= self.support <= 1:
             raise ConfigError(f"support must be in [0, 1], got {self.support}")
+        if self.decode not in ("greedy", "soft"):
+            raise ConfigError(f"decode must be 'greedy' or 'soft', got {self.decode!r}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.reward_floor not in ("zero", "data_min"):
             raise ConfigError(f"reward_floor must be 'zero' or 'data_min', got {self.reward_floor!r}")
 
@@ -112,7 +128,8 @@ class QTModel(nn.Module):
         self.dims = tok.discretiser.dims
         n_maps = self.dims if cfg.heads == "per_dim" else 1
         self.head = BinHead(cfg.backbone.d_model, cfg.n_bins, n_maps)
-        self.behaviour = BinHead(cfg.backbone.d_model, cfg.n_bins, n_maps, squash=False) if cfg.support else None
+        wants_behaviour = cfg.support > 0 or cfg.decode == "soft"
+        self.behaviour = BinHead(cfg.backbone.d_model, cfg.n_bins, n_maps, squash=False) if wants_behaviour else None
         self.log_support = math.log(cfg.support) if cfg.support else None
 
     def forward(self, fields: dict, episode_start: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -126,7 +143,7 @@ class QTModel(nn.Module):
     def in_support(self, logits: Tensor | None) -> Tensor | None:
         """Behaviour logits [..., n_bins] -> bool [..., n_bins]: the bins whose probability is at
         least ``support`` times the most likely one's (None: every bin)."""
-        if logits is None:
+        if logits is None or self.log_support is None:
             return None
         return logits >= logits.max(-1, keepdim=True).values + self.log_support
 
@@ -294,15 +311,29 @@ class QTAgent(Agent):
         resets[:, 1] = torch.as_tensor(episode_start, device=dev)
         h, st = self.model.backbone.step_tokens(torch.cat([prev, s_tok], 1), state.backbone, resets)
         action = torch.zeros(n, d, device=dev)
-        disc = tok.discretiser
-        for i in range(d):  # greedy, one dimension at a time (among the bins in the data's support)
-            q = self.model.head(h[:, -1], i)
-            if self.model.behaviour is not None:
-                q = q.masked_fill(~self.model.in_support(self.model.behaviour(h[:, -1], i)), -torch.inf)
-            b = q.argmax(-1)
-            action[:, i] = disc.decode(b[:, None].expand(n, d))[:, i]
+        for i in range(d):  # one dimension at a time, each conditioned on the ones chosen before it
+            action[:, i] = self._decode_dim(h[:, -1], i, deterministic)
             if i < d - 1:
                 a_tok = tok.embed_slots(dict(act=action, timestep=t), [tok.slot_index(f"act_dim{i}")])
                 h, st = self.model.backbone.step_tokens(a_tok, st)
         state.backbone, state.prev_action = st, action
         return action.reshape(n, *self.action_space.shape).cpu().numpy(), state
+
+    def _decode_dim(self, h: Tensor, i: int, deterministic: bool) -> Tensor:
+        """h [n, D] (the token before dimension i) -> dimension i's action [n]: greedy over the
+        allowed bins, or ``soft``: the mean (or, not deterministic, a sample) of the bins under
+        π_β(b)·exp(Q(b)/temperature)."""
+        cfg, model = self.config, self.model
+        centres = model.backbone.tokenizer.discretiser.centres(i)  # [n_bins]
+        q = model.head(h, i)
+        logits = None if model.behaviour is None else model.behaviour(h, i)
+        allowed = model.in_support(logits)
+        if cfg.decode == "greedy":
+            return centres[(q if allowed is None else q.masked_fill(~allowed, -torch.inf)).argmax(-1)]
+        score = torch.log_softmax(logits, -1) + q / cfg.temperature
+        if allowed is not None:
+            score = score.masked_fill(~allowed, -torch.inf)
+        w = torch.softmax(score, -1)  # [n, n_bins]
+        if deterministic:
+            return w @ centres
+        return centres[torch.multinomial(w, 1)[:, 0]]

@@ -67,8 +67,10 @@ def _state_bytes(states) -> int:
 
 
 def _env_info() -> dict:
+    """What a timing was taken on: torch, CPU threads and, where one is used, the GPU."""
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return dict(torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),
-                processor=platform.processor() or platform.machine())
+                processor=platform.processor() or platform.machine(), gpu=gpu)
 
 
 def bench_kernels(out: str | Path = "bench_kernels.json", histories=(20, 100, 1000, 10000),

@@ -40,7 +40,8 @@ Every config key (--set key=value, dotted for nested keys), per algorithm family
   rl-seq sweep dt --dataset hopper/medium-v0 --grid context=10,20 --address ray://head:10001 --gpus-per-trial 1""",
     "eval": """examples:
   rl-seq eval runs/dt-hopper --episodes 10
-  rl-seq eval runs/dt-hopper --target-return 3600 --json""",
+  rl-seq eval runs/dt-hopper --target-return 3600 --json
+  rl-seq eval runs/qt-halfcheetah --set decode=soft --set temperature=0.03   # acting settings only""",
     "datasets": """examples:
   rl-seq datasets list
   rl-seq datasets info hopper/medium-v0
@@ -138,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--target-return", type=float, help="return to condition on (return-conditioned agents)")
     e.add_argument("--acting", choices=["cached", "window"],
                    help="return-conditioned agents: step state (cached) or recompute the K-step window")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an acting setting of the trained agent (qt: decode, temperature, support)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
     d = sub.add_parser("datasets", help="list, inspect, download or make datasets",
@@ -346,6 +349,16 @@ def cmd_eval(a) -> int:
     from rl_seq.agents import DecisionAgent, load_agent
 
     agent = load_agent(a.run_dir)
+    if a.set:
+        from rl_seq.config import build, merge, parse_overrides, to_dict
+
+        cls, changes = type(agent.config), parse_overrides(a.set)
+        fixed = [k for k in changes if k not in cls.acting_keys]
+        if fixed:
+            can = ", ".join(cls.acting_keys) or "none"
+            raise CLIError(f"--set {fixed[0]}: training fixed it; after training {agent.algo} can change only its "
+                           f"acting settings ({can}). Train again to change the rest")
+        agent.config = build(cls, merge(to_dict(agent.config), changes))
     kwargs = dict(episodes=a.episodes, seed=a.seed)
     for flag, key in ((a.acting, "acting"), (a.target_return, "target_return")):
         if flag is not None:

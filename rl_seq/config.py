@@ -29,6 +29,9 @@ class TrainConfig:
     legacy_defaults: ClassVar[dict[str, Any]] = {}
     """Fields added after a release, each with the value that rebuilds agents saved before it
     (a saved config without the field loads with it)."""
+    acting_keys: ClassVar[tuple[str, ...]] = ()
+    """Fields that only change how a trained agent acts (``rl-seq eval --set``); the rest are
+    fixed by training."""
 
     steps: int = 10_000
     """Gradient steps (offline) or environment steps (online)."""

@@ -318,12 +318,29 @@ def qt_run(tmp_path_factory):
     (["--acting", "window"], "--acting applies to return-conditioned agents, not qt"),
     (["--env", "CartPole-v1"], "does not match the agent's"),
     (["--env", "NoSuch-v0"], "NoSuch"),
+    (["--set", "n_bins=16"], "--set n_bins: training fixed it; after training qt can change only its acting "
+                             "settings (decode, temperature, support)"),
+    (["--set", "decode=soft"], "needs the behaviour head, which this model was not trained with"),
+    (["--set", "temperature=0"], "temperature must be > 0"),
 ])
 def test_bad_eval_of_a_q_transformer(qt_run, argv, needle, capsys):
     before = (qt_run / "eval.json").read_text()
     assert main(["eval", str(qt_run), *argv]) == 2
     assert needle in capsys.readouterr().err
     assert (qt_run / "eval.json").read_text() == before
+
+
+def test_eval_sets_acting_settings_of_a_q_transformer(tmp_path, capsys):
+    """``rl-seq eval --set`` changes how a trained qt acts (here from the soft decoding it was
+    trained with to greedy) without touching the saved run."""
+    out = tmp_path / "run"
+    assert main(["train", "qt", "--dataset", DATA, "--steps", "3", "--out", str(out), *TINY,
+                 "--set", "decode=soft"]) == 0
+    capsys.readouterr()
+    config = (out / "model" / "config.yaml").read_text()
+    assert main(["eval", str(out), "--episodes", "2", "--set", "decode=greedy", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["episodes"] == 2
+    assert (out / "model" / "config.yaml").read_text() == config
 
 
 def test_online_dt_from_a_q_transformer_is_refused(qt_run, tmp_path, capsys):

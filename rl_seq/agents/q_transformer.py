@@ -45,6 +45,7 @@ class QTConfig(OfflineConfig):
     """Q-Transformer."""
 
     legacy_defaults = {"heads": "shared", "reward_floor": "data_min"}
+    acting_keys = ("decode", "temperature", "support")
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     """The sequence model over (s, a_1..a_d) tokens."""
@@ -325,6 +326,9 @@ class QTAgent(Agent):
         π_β(b)·exp(Q(b)/temperature)."""
         cfg, model = self.config, self.model
         centres = model.backbone.tokenizer.discretiser.centres(i)  # [n_bins]
+        if model.behaviour is None and (cfg.decode == "soft" or cfg.support > 0):
+            raise ValueError(f"decode={cfg.decode} support={cfg.support} needs the behaviour head, which this model "
+                             "was not trained with: train it with decode=soft or support > 0")
         q = model.head(h, i)
         logits = None if model.behaviour is None else model.behaviour(h, i)
         allowed = model.in_support(logits)

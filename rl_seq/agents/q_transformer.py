@@ -50,7 +50,9 @@ class QTConfig(OfflineConfig):
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     """The sequence model over (s, a_1..a_d) tokens."""
     context: int = 4
-    """K: timesteps of history per training window."""
+    """K: timesteps of history per training window. Past steps' tokens include their actions,
+    so a policy acts on its own earlier actions: on halfcheetah/medium-v0 that went wrong
+    (configs/qt/halfcheetah.yaml uses 1, the Markov state alone; docs/results.md)."""
     n_bins: int = 256
     """Bins per action dimension. Where the data's actions pile up at the bounds (clipped
     Gaussian policies, e.g. SB3 PPO), each end bin outweighs every interior bin, and the

@@ -41,7 +41,7 @@ Every config key (--set key=value, dotted for nested keys), per algorithm family
     "eval": """examples:
   rl-seq eval runs/dt-hopper --episodes 10
   rl-seq eval runs/dt-hopper --target-return 3600 --json
-  rl-seq eval runs/qt-halfcheetah --set decode=soft --set temperature=0.03   # acting settings only""",
+  rl-seq eval runs/qt-halfcheetah --set decode=soft --set temperature=0.1   # acting settings only""",
     "datasets": """examples:
   rl-seq datasets list
   rl-seq datasets info hopper/medium-v0

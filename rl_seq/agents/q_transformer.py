@@ -91,10 +91,11 @@ class QTConfig(OfflineConfig):
     extraction (AWR, Peng et al. 2019; CRR, Wang et al. 2020), not in the paper. Where the data's
     actions pile up at the bounds the argmax goes there; the weighted mean stays inside the data's
     spread and moves towards the bins Q prefers (docs/results.md)."""
-    temperature: float = 0.01
+    temperature: float = 0.3
     """``soft`` decoding: how far Q may pull the action from the behaviour mean, in units of Q
     (rewards are scaled so Q lies in [0, 1]); large = the behaviour policy's mean, near 0 =
-    greedy among the bins the behaviour policy takes."""
+    greedy among the bins the behaviour policy takes. On halfcheetah/medium-v0 0.3 scored best
+    of 1e6 / 0.3 / 0.1 (docs/results.md)."""
     reward_floor: str = "zero"
     """Where the reward scaling puts 0: ``zero`` scales by ``(r - min(r_min, 0)) / range``, so the
     0 a termination bootstraps is worth a reward of 0 (on hopper, r_min 0.84: a fall ends the

@@ -214,3 +214,29 @@ def test_gpt2_init_keeps_structured_parameters():
     m.gpt2_init_()
     assert torch.equal(m.gates.bias, gates)  # closed input / open forget gates survive
     assert abs(m.qkvo.weight.std().item() - 0.02) < 2e-3 and m.qkvo.bias.abs().max() == 0
+
+
+def test_lstm_recurrence_gradients_equal_the_reference_cell():
+    """The CPU path with resets inside the rows (LSTMRecurrence, its own backward) against the
+    textbook cell in a loop: outputs and the gradients of input, incoming state and weights;
+    and torch's numerical gradient check of the recurrence in double precision."""
+    from rl_seq.kernels.lstm import LSTMRecurrence
+
+    fast, ref = build("lstm").double(), build("lstm", backend="reference").double()
+    ref.load_state_dict(fast.state_dict())
+    x, resets = example(T=19)
+    grads = []
+    for m in (fast, ref):
+        xi = x.double().clone().requires_grad_(True)
+        h0, c0 = (torch.randn(3, D, dtype=torch.double, generator=torch.Generator().manual_seed(s)).requires_grad_(True)
+                  for s in (2, 3))
+        y, (h, c) = m(xi, (h0, c0), resets)
+        (y.sin().sum() + h.square().sum() + c.cos().sum()).backward()
+        grads.append([y, h, c, xi.grad, h0.grad, c0.grad, *(p.grad for p in m.parameters())])
+    for a, b in zip(*grads):
+        assert (a - b).abs().max() < 1e-10
+    g = torch.Generator().manual_seed(4)
+    args = [torch.randn(*s, dtype=torch.double, generator=g).requires_grad_(True)
+            for s in ((2, 6, 4 * 3), (2, 3), (2, 3), (4 * 3, 3))]
+    keep = torch.tensor([[1, 1, 0, 1, 1, 1], [0, 1, 1, 1, 0, 1]], dtype=torch.double)
+    assert torch.autograd.gradcheck(lambda gx, h0, c0, w: LSTMRecurrence.apply(gx, keep, h0, c0, w), args)

@@ -374,15 +374,19 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [dict(params=decay, weight_decay=weight_decay), dict(params=rest, weight_decay=0.0)]
 
 
-def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (:func:`param_groups`), as one fused kernel
-    where this torch has one for the model's device (CUDA; CPU from torch 2.4): the same
-    update as the per-tensor loop, a few launches instead of four per parameter."""
-    groups = param_groups(model, weight_decay)
+def fused(optimizer: type[torch.optim.Optimizer], params, **kwargs) -> torch.optim.Optimizer:
+    """``optimizer(params, **kwargs)`` (Adam or AdamW) as one fused kernel where this torch has
+    one for the parameters' device (CUDA; CPU from torch 2.4): the same update as the
+    per-tensor loop, a few launches instead of four per parameter."""
     try:
-        return torch.optim.AdamW(groups, lr=lr, fused=True)
+        return optimizer(params, fused=True, **kwargs)
     except RuntimeError:  # no fused kernel for this device in this torch
-        return torch.optim.AdamW(groups, lr=lr)
+        return optimizer(params, **kwargs)
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (:func:`param_groups`), fused (:func:`fused`)."""
+    return fused(torch.optim.AdamW, param_groups(model, weight_decay), lr=lr)
 
 
 def warmup(steps: int) -> Callable[[int], float]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rl_seq.agents.base import Agent
+from rl_seq.agents.base import Agent, fused
 from rl_seq.config import ConfigError, TrainConfig
 from rl_seq.engine import Work
 from rl_seq.nets import Backbone, BackboneConfig, CategoricalHead, GaussianHead, ValueHead
@@ -413,7 +413,7 @@ class PPOAgent(Agent):
         venv = self.make_train_env(env)
         N, T, L = cfg.n_envs, cfg.n_steps, cfg.seq_len
         n_updates = max(1, steps // (N * T))
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-5)
+        opt = fused(torch.optim.Adam, model.parameters(), lr=cfg.lr, eps=1e-5)
         obs_rms = RunningMeanStd(self.observation_space.shape) if cfg.norm_obs else None
         ret_rms = RunningMeanStd() if cfg.norm_reward else None
         tok = model.backbone.tokenizer

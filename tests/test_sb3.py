@@ -68,23 +68,24 @@ def test_recurrent_ppo_relit_learns_short_tmaze():
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_recurrent_ppo_relit_learns_tmaze_corridor_20():
-    """The issue's target with SB3's own loop (about 4 minutes on one idle core). One thread:
-    no oversubscription beside other jobs, and the reduction order the seeds below were
-    measured with (another CPU may still round differently). This recipe does not solve every seed:
-    seeds 0 and 1 reach 1.00 by 120k steps, seed 2 stays at chance to 270k (docs/results.md).
-    Gate bias: solved at 60k steps with relit's -1 (the preset), between 50k and 120k with
-    -3, still at chance after 50k with 0 (the paper's initialisation)."""
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.xfail(reason="ended at 0.48 (docs/results.md)")),
+                                  2])
+def test_recurrent_ppo_gtrxl_learns_tmaze_corridor_20(seed):
+    """The issue's target with SB3's own loop (about 4 minutes a seed on one core). Measured
+    success rate of this recipe with the gtrxl memory: 5 of 6 runs. Learning in 30k-step calls
+    (evaluated on separate envs) it reached 1.00 on seeds 0, 1 and 2; in this test's form (one
+    learn(150_000)) seeds 0 and 2 pass and seed 1 ended at 0.48. relit solved 2 of 3 seeds,
+    lstm none (docs/results.md). One thread: no oversubscription beside other jobs."""
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    venv = make_vec_env("rl_seq/TMaze-v0", n_envs=8, seed=1, env_kwargs=dict(corridor_length=20))
-    model = RecurrentPPO(RlSeqRecurrentPolicy, venv, n_steps=128, batch_size=256, n_epochs=4, seed=1,
+    venv = make_vec_env("rl_seq/TMaze-v0", n_envs=8, seed=seed, env_kwargs=dict(corridor_length=20))
+    model = RecurrentPPO(RlSeqRecurrentPolicy, venv, n_steps=128, batch_size=256, n_epochs=4, seed=seed,
                          learning_rate=3e-4, ent_coef=0.01,
-                         policy_kwargs=dict(backbone="relit", d_model=64, n_layers=2))
+                         policy_kwargs=dict(backbone="gtrxl", d_model=64, n_layers=2))
     try:
         model.learn(150_000)
     finally:

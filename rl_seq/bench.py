@@ -225,13 +225,15 @@ def bench_train(out: str | Path = "bench_train.json", threads=(1, 2), quick: boo
 
 def bench_ppo(out: str | Path = "bench_ppo.json", env_id: str = "CartPole-v1", steps: int = 8192,
               n_envs: int = 8, n_steps: int = 128, hidden: int = 256, threads: int = 1,
-              backbones=("lstm", "agalite")) -> dict:
+              backbones=("lstm", "agalite"), agents=("lstm", "gtrxl", "relit")) -> dict:
     """Env steps/s of recurrent PPO on the same env, n_envs and rollout size (rollout and
     update both count): sb3-contrib's RecurrentPPO (MlpLstmPolicy, LSTM ``hidden``, its
     defaults: 10 epochs of 128-step minibatches, the critic with its own LSTM) against rl_seq's
     PPO on each backbone at width ``hidden``: at its defaults (the same update), with one
     memory shared by actor and critic, and with the cheap update (4 epochs × 4 minibatches,
-    shared)."""
+    shared). Then each of ``agents`` exactly as ``rl-seq train AGENT`` builds it (its own
+    network; the update is the same 10 × 128 with a critic memory): what a user of either
+    package's defaults gets."""
     import logging
 
     import rl_seq
@@ -273,11 +275,21 @@ def bench_ppo(out: str | Path = "bench_ppo.json", env_id: str = "CartPole-v1", s
             sps = steps / (time.perf_counter() - t)
             res[f"rl_seq_{mixer}_{label.split(':')[0].replace(', ', '_').replace(' ', '')}"] = sps
             rows.append([f"rl_seq PPO ({mixer})", label, hidden, sps, sps / base if base else float("nan")])
+    for name in agents:
+        agent = rl_seq.make_agent(name, env_id, n_envs=n_envs, n_steps=n_steps, eval_episodes=0)
+        bb = agent.config.backbone
+        agent.learn(env_id, steps=n_envs * n_steps)
+        t = time.perf_counter()
+        agent.learn(env_id, steps=steps)
+        sps = steps / (time.perf_counter() - t)
+        res[f"rl_seq_{name}_agent_defaults"] = sps
+        rows.append([f"rl_seq `{name}` agent ({bb.mixer}, {bb.n_layers} x {bb.d_model})",
+                     "its defaults: 10 x 128, critic memory", bb.d_model, sps, sps / base if base else float("nan")])
+    res.update(env=_env_info(), env_id=env_id, n_envs=n_envs, n_steps=n_steps, hidden=hidden, threads=threads)
     torch.set_num_threads(old)
     print_table(f"recurrent PPO on {env_id}: {n_envs} envs x {n_steps} steps, {threads} thread(s); "
                  "update = epochs x minibatch steps", ["implementation", "update", "hidden", "env steps/s",
                                                        "x sb3-contrib"], rows)
-    res.update(env=_env_info(), env_id=env_id, n_envs=n_envs, n_steps=n_steps, hidden=hidden, threads=threads)
     Path(out).write_text(json.dumps(res, indent=2))
     return res
 

@@ -225,3 +225,19 @@ def test_popgym_envs_train_through_the_module_prefix(tmp_path):
     assert -1.0 <= out["last"]["mean_return"] <= 1.0  # popgym's returns are normalised to [-1, 1]
     loaded = rl_seq.load_agent(agent.save(tmp_path / "m"))
     assert loaded.evaluate(env_id, episodes=2, seed=3).returns == agent.evaluate(env_id, episodes=2, seed=3).returns
+
+
+def test_ppo_speed_bench_has_a_row_per_backbone_setting_and_agent(tmp_path):
+    """``rl-seq bench ppo`` (tiny): every backbone × update setting and every agent at its own
+    defaults gets a positive env-steps/s entry in the JSON."""
+    import json
+
+    from rl_seq.bench import bench_ppo
+
+    out = tmp_path / "ppo.json"
+    bench_ppo(out, steps=256, n_envs=2, n_steps=128, hidden=16, backbones=("lstm",), agents=("relit",))
+    res = json.loads(out.read_text())
+    keys = ["rl_seq_lstm_defaults", "rl_seq_lstm_10x128_sharedmemory", "rl_seq_lstm_4x256_sharedmemory",
+            "rl_seq_relit_agent_defaults"]
+    assert all(res[k] > 0 for k in keys), {k: res.get(k) for k in keys}
+    assert res["n_envs"] == 2 and res["env"]["threads"] == 1  # the threads it ran on

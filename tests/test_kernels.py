@@ -7,11 +7,16 @@ from rl_seq.kernels import MIXERS, make_mixer, resolve_backend
 
 D, H = 16, 2
 TOL = 1e-5
+# every mixer, and the gated linear ones with their input convolution and value skip
+CASES = [*MIXERS, "linear:conv", "agalite:conv"]
 
 
-def build(name, backend="torch", seed=0):
+def build(case, backend="torch", seed=0):
     torch.manual_seed(seed)
+    name, _, variant = case.partition(":")
     opts = {"attention": dict(window=9), "xl_attention": dict(memory=7)}.get(name, {})
+    if variant == "conv":
+        opts["conv"] = 3
     return make_mixer(name, D, H, backend=backend, **opts).eval()
 
 
@@ -38,7 +43,7 @@ def example(B=3, T=13, seed=1):
     return x, resets
 
 
-@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("name", CASES)
 def test_forward_equals_steps(name):
     m = build(name)
     x, resets = example()
@@ -53,7 +58,7 @@ def test_forward_equals_steps(name):
         assert max_diff(final, s) < TOL
 
 
-@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("name", CASES)
 def test_no_state_equals_the_initial_state(name):
     """``forward(x)`` (a training window: ``fresh_state``) equals ``forward(x, init_state)``."""
     m = build(name)
@@ -63,7 +68,7 @@ def test_no_state_equals_the_initial_state(name):
     assert max_diff(y0, y1) < TOL and max_diff(s0, s1) < TOL
 
 
-@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("name", CASES)
 def test_reset_equals_separate_sequences(name):
     m = build(name)
     x, _ = example(B=1, T=11)
@@ -80,7 +85,7 @@ def test_reset_equals_separate_sequences(name):
     assert max_diff(m(probe, final)[0], m(probe, final2)[0]) < TOL
 
 
-@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("T", [1, 7, 37])
 def test_fast_equals_reference_with_gradients(name, T):
     if name == "none":
@@ -103,7 +108,7 @@ def test_fast_equals_reference_with_gradients(name, T):
         assert (pf.grad - pr.grad).abs().max() < 1e-4 * max(1.0, pr.grad.abs().max()), n
 
 
-@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("name", CASES)
 def test_gradients_reach_every_parameter(name):
     if name == "none":
         pytest.skip("the empty mixer has no parameters and a constant output")
@@ -116,7 +121,7 @@ def test_gradients_reach_every_parameter(name):
     assert not missing, f"no gradient for {missing}"
 
 
-@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("name", CASES)
 def test_shape_errors_are_clear(name):
     m = build(name)
     with pytest.raises(ValueError, match=r"\[B, T, 16\]"):
@@ -155,7 +160,7 @@ def test_attention_window_limits_what_a_token_sees():
     assert max_diff(y[:, 5:13], y2[:, 5:13]) > 1e-3
 
 
-@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("name", CASES)
 def test_fast_equals_reference_without_resets(name):
     """Some fast paths take a shortcut when a call holds no episode start; it must agree too."""
     fast, ref = build(name), build(name, backend="reference")
@@ -166,7 +171,7 @@ def test_fast_equals_reference_without_resets(name):
     assert max_diff(yf, yr) < TOL and max_diff(sf, sr) < TOL
 
 
-@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("name", CASES)
 def test_fast_equals_reference_with_resets_at_chunk_edges(name):
     """Chunked fast paths (chunks of 16) carry state from chunk to chunk; resets on the last
     and first token of a chunk, and a chunk that starts a new episode, must not leak."""

@@ -17,6 +17,13 @@ AGaLiTe keeps r oscillating components instead of C (state O(r·eta·Dh), not O(
 with τ the step within the episode (restarting at 1 after a reset). Both gates are capped so
 that each decay ``1 - gate`` is at least ``e^-5`` per step, which keeps the chunked parallel
 forms finite in fp32 (``base.LOG_DECAY_FLOOR``).
+
+Option ``conv`` (taps, 0 = off): a short causal convolution on the mixer input in front of
+all the projections, and a per-channel skip ``o_t += d ⊙ v_t`` from the (convolved) value to
+the output - Mamba's layout (Gu & Dao 2023; GLA and xLSTM also convolve before the
+recurrence). The gated, normalised read-out is an average over the episode: it gives back
+one recent token only with both gates saturated, the skip directly. Its state ``(buf, valid)``
+follows the mixer's own.
 """
 
 from __future__ import annotations
@@ -35,11 +42,17 @@ from rl_seq.kernels.base import (
     alive,
     positions_in_segment,
 )
+from rl_seq.kernels.conv import CausalConv
 
 
 class _GatedLinearBase(Mixer):
-    def __init__(self, d_model: int, n_heads: int, eta: int, gate_bias: float, backend: str) -> None:
+    def __init__(self, d_model: int, n_heads: int, eta: int, gate_bias: float, conv: int,
+                 backend: str) -> None:
         super().__init__(d_model, n_heads, backend)
+        if conv < 0:
+            raise ValueError(f"conv must be >= 0 taps (0 = off), got {conv}")
+        self.conv = CausalConv(d_model, kernel_size=conv, backend=backend) if conv else None
+        self.skip = nn.Parameter(torch.ones(d_model)) if conv else None
         self.eta = eta
         self.dk = self.head_dim * eta
         H = n_heads
@@ -68,24 +81,50 @@ class _GatedLinearBase(Mixer):
         gk = outer(torch.sigmoid(g), torch.sigmoid(p3)).clamp(max=cap)
         return phi_q, phi_k, gk, v.view(B, T, H, Dh), torch.sigmoid(b).clamp(max=cap).view(B, T, H, Dh)
 
-    def _out(self, o: Tensor) -> Tensor:
-        B, T = o.shape[:2]
-        return self.proj(o.reshape(B, T, self.d_model))
+    # -- the shared frame: optional convolution, features, the subclass's recurrence, skip --
+    def init_state(self, batch_size: int, device=None) -> State:
+        own = self._init_own(batch_size, device)
+        return own + self.conv.init_state(batch_size, device) if self.conv is not None else own
+
+    def forward_fast(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
+        return self._run(x, state, resets, fast=True)
+
+    def forward_reference(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
+        return self._run(x, state, resets, fast=False)
+
+    def _step(self, x: Tensor, state: State, reset: Tensor) -> tuple[Tensor, State]:
+        y, state = self._run(x[:, None], state, reset[:, None], fast=False)
+        return y[:, 0], state
+
+    def _run(self, x: Tensor, state: State, resets: Tensor, fast: bool) -> tuple[Tensor, State]:
+        own, conv_state = (state[:-2], state[-2:]) if self.conv is not None else (state, ())
+        if self.conv is not None:
+            run_conv = self.conv.forward_fast if fast else self.conv.forward_reference
+            x, conv_state = run_conv(x, conv_state, resets)
+        feats = self._features(x)
+        o, own = (self._mix_fast if fast else self._mix_reference)(feats, own, resets)  # o [B,T,H,Dh]
+        B, T = x.shape[:2]
+        o = o.reshape(B, T, self.d_model)
+        if self.conv is not None:
+            o = o + self.skip * feats[3].reshape(B, T, self.d_model)
+        return self.proj(o), own + conv_state
 
 
 class GaLiTe(_GatedLinearBase):
     """GaLiTe. Args: d_model, n_heads, eta (feature expansion), chunk (chunk length of the
     parallel form), gate_bias (initial bias of the gate pre-activations; 0 as in the paper,
-    negative for a longer initial memory), backend. State: ``(C [B,H,Dh,dk], s [B,H,dk])``."""
+    negative for a longer initial memory), conv (taps of the input convolution and value
+    skip, 0 = off; module docstring), backend. State: ``(C [B,H,Dh,dk], s [B,H,dk])``, then
+    the convolution's ``(buf, valid)`` if ``conv``."""
 
     name = "linear"
 
     def __init__(self, d_model: int, n_heads: int = 4, *, eta: int = 4, chunk: int = 16,
-                 gate_bias: float = 0.0, backend: str = "torch") -> None:
-        super().__init__(d_model, n_heads, eta, gate_bias, backend)
+                 gate_bias: float = 0.0, conv: int = 0, backend: str = "torch") -> None:
+        super().__init__(d_model, n_heads, eta, gate_bias, conv, backend)
         self.chunk = chunk
 
-    def init_state(self, batch_size: int, device=None) -> State:
+    def _init_own(self, batch_size: int, device=None) -> State:
         H = self.n_heads
         return (torch.zeros(batch_size, H, self.head_dim, self.dk, device=device),
                 torch.zeros(batch_size, H, self.dk, device=device))
@@ -97,31 +136,24 @@ class GaLiTe(_GatedLinearBase):
         o = (C @ phi_q[..., None])[..., 0] / ((s * phi_q).sum(-1, keepdim=True) + self.eps)
         return o, C, s
 
-    def forward_reference(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
-        feats = self._features(x)
+    def _mix_reference(self, feats, state: State, resets: Tensor):
         C, s = state
         outs = []
-        for t in range(x.shape[1]):
-            keep = (~resets[:, t]).view(-1, 1, 1).to(x.dtype)
+        for t in range(resets.shape[1]):
+            keep = (~resets[:, t]).view(-1, 1, 1).to(C.dtype)
             o, C, s = self._recurrence(feats, t, C * keep[..., None], s * keep)
             outs.append(o)
-        return self._out(torch.stack(outs, 1)), (C, s)
+        return torch.stack(outs, 1), (C, s)
 
-    def _step(self, x: Tensor, state: State, reset: Tensor) -> tuple[Tensor, State]:
-        keep = (~reset).view(-1, 1, 1).to(x.dtype)
-        C, s = state
-        o, C, s = self._recurrence(self._features(x[:, None]), 0, C * keep[..., None], s * keep)
-        return self._out(o[:, None])[:, 0], (C, s)
-
-    def forward_fast(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
+    def _mix_fast(self, feats, state: State, resets: Tensor):
         """Chunked parallel form (as gated linear attention): inside a chunk the decays are
         factored into the queries, keys and values (``qt = phi(q) e^{L_k}``,
         ``kt = g phi(k) e^{-L_k}``, ``vt = b v e^{-L_v}``), so every product is a small
         batched matmul over all chunks at once; chunk-end states (C and s) are carried from
         chunk to chunk."""
-        phi_q, phi_k, gk, v, b = self._features(x)
+        phi_q, phi_k, gk, v, b = feats
         C0, s0 = state
-        ch = Chunks(resets, self.chunk, x.dtype)
+        ch = Chunks(resets, self.chunk, v.dtype)
         Lk = (ch.split(torch.log1p(-gk)) * ch.keep[..., None, None]).cumsum(2)  # [B,n,c,H,dk]
         Lv = (ch.split(torch.log1p(-b)) * ch.keep[..., None, None]).cumsum(2)  # [B,n,c,H,Dh]
         qt, kt, vt = ch.split(phi_q) * Lk.exp(), ch.split(gk * phi_k) * (-Lk).exp(), ch.split(b * v) * (-Lv).exp()
@@ -136,24 +168,25 @@ class GaLiTe(_GatedLinearBase):
         o = Lv.exp() * (torch.einsum("bnhts,bnshi->bnthi", A, vt)
                         + live * torch.einsum("bnhij,bnthj->bnthi", C_in, qt))
         sq = A.sum(-1).transpose(2, 3)[..., None] + live * (qt * s_in[:, :, None]).sum(-1, keepdim=True)
-        return self._out(ch.merge(o / (sq + self.eps))), (C_last, s_last)
+        return ch.merge(o / (sq + self.eps)), (C_last, s_last)
 
 
 class AGaLiTe(_GatedLinearBase):
     """AGaLiTe. Args: d_model, n_heads, eta, r (oscillating components), chunk (chunk length
-    of the parallel form), gate_bias (as GaLiTe's), backend.
-    State: ``(ṽ [B,r,H,Dh], k̃ [B,r,H,dk], s [B,H,dk], tick [B])``."""
+    of the parallel form), gate_bias and conv (as GaLiTe's), backend.
+    State: ``(ṽ [B,r,H,Dh], k̃ [B,r,H,dk], s [B,H,dk], tick [B])``, then the convolution's
+    ``(buf, valid)`` if ``conv``."""
 
     name = "agalite"
 
     def __init__(self, d_model: int, n_heads: int = 4, *, eta: int = 4, r: int = 4, chunk: int = 16,
-                 gate_bias: float = 0.0, backend: str = "torch") -> None:
-        super().__init__(d_model, n_heads, eta, gate_bias, backend)
+                 gate_bias: float = 0.0, conv: int = 0, backend: str = "torch") -> None:
+        super().__init__(d_model, n_heads, eta, gate_bias, conv, backend)
         self.r, self.chunk = r, chunk
         # r distinct frequencies in (0, π]: cos is even, so ±ω would duplicate components
         self.register_buffer("omegas", math.pi * torch.arange(1, r + 1) / r, persistent=False)
 
-    def init_state(self, batch_size: int, device=None) -> State:
+    def _init_own(self, batch_size: int, device=None) -> State:
         H, r = self.n_heads, self.r
         return (torch.zeros(batch_size, r, H, self.head_dim, device=device),
                 torch.zeros(batch_size, r, H, self.dk, device=device),
@@ -170,12 +203,12 @@ class AGaLiTe(_GatedLinearBase):
         num = (vt * kq[..., None]).sum(-3)
         return num / ((self.r / 2) * (s * phi_q).sum(-1, keepdim=True) + self.eps)
 
-    def forward_reference(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
-        phi_q, phi_k, gk, v, b = self._features(x)
+    def _mix_reference(self, feats, state: State, resets: Tensor):
+        phi_q, phi_k, gk, v, b = feats
         vt, kt, s, tick = state
         outs = []
-        for t in range(x.shape[1]):
-            keep = (~resets[:, t]).to(x.dtype)
+        for t in range(resets.shape[1]):
+            keep = (~resets[:, t]).to(v.dtype)
             vt, kt, s = (z * keep.view(-1, *[1] * (z.dim() - 1)) for z in (vt, kt, s))
             tick = tick * keep + 1
             cos = torch.cos(tick[:, None] * self.omegas)[:, :, None, None]  # [B,r,1,1]
@@ -183,13 +216,9 @@ class AGaLiTe(_GatedLinearBase):
             kt = (1 - gk[:, t, None]) * kt + cos * (gk * phi_k)[:, t, None]
             s = (1 - gk[:, t]) * s + gk[:, t] * phi_k[:, t]
             outs.append(self._read(vt, kt, s, phi_q[:, t]))
-        return self._out(torch.stack(outs, 1)), (vt, kt, s, tick)
+        return torch.stack(outs, 1), (vt, kt, s, tick)
 
-    def _step(self, x: Tensor, state: State, reset: Tensor) -> tuple[Tensor, State]:
-        y, state = self.forward_reference(x[:, None], state, reset[:, None])
-        return y[:, 0], state
-
-    def forward_fast(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
+    def _mix_fast(self, feats, state: State, resets: Tensor):
         """Chunked parallel form (as gated linear attention); neither ṽ nor k̃ is
         materialised per token. With L the in-chunk cumulative log-decays of the key and
         value gates, ``qt = phi(q) e^{L_k}``, ``kt = g phi(k) e^{-L_k}``, ``vt = b v e^{-L_v}``:
@@ -199,12 +228,12 @@ class AGaLiTe(_GatedLinearBase):
 
         over the tokens s <= t of t's chunk and episode; s is the extra component with
         cos = 1. Chunk-end states are carried from chunk to chunk."""
-        phi_q, phi_k, gk, v, b = self._features(x)
+        phi_q, phi_k, gk, v, b = feats
         vt0, kt0, s0, tick0 = state
-        B, T = x.shape[:2]
+        B, T = resets.shape
         ticks = self._ticks(resets, tick0)
         cos = torch.cos(ticks[..., None] * self.omegas)  # [B,T,r]
-        ch = Chunks(resets, self.chunk, x.dtype)
+        ch = Chunks(resets, self.chunk, v.dtype)
         w = ch.split(torch.cat([cos, cos.new_ones(B, T, 1)], -1))  # [B,n,c,r+1]
         end = w * ch.seg[:, :, -1, :, None]  # weights of the final token's episode in each chunk
         # keys: kq [B,n,c,H,r+1]
@@ -226,4 +255,4 @@ class AGaLiTe(_GatedLinearBase):
         num = Lv.exp() * (torch.einsum("bnhts,bnshi->bnthi", M, vt)
                           + ch.alive[..., None, None] * torch.einsum("bnthr,bnrhi->bnthi", kq_r, v_in))
         o = ch.merge(num / ((self.r / 2) * kq[..., -1:] + self.eps))
-        return self._out(o), (v_last, k_last[:, :-1], k_last[:, -1], ticks[:, -1])
+        return o, (v_last, k_last[:, :-1], k_last[:, -1], ticks[:, -1])

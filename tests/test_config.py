@@ -54,9 +54,9 @@ def test_every_shipped_config_loads():
 
 
 def test_a_swapped_mixer_keeps_only_the_preset_options_it_accepts():
-    assert config_for("relit").backbone.mixer_options == {"eta": 4, "r": 4, "gate_bias": -1.0}
+    assert config_for("relit").backbone.mixer_options == {"eta": 4, "r": 4, "gate_bias": -1.0, "conv": 4}
     cfg = config_for("relit", overrides=["backbone.mixer=linear"])  # GaLiTe: no oscillators
-    assert cfg.backbone.mixer_options == {"eta": 4, "gate_bias": -1.0}
+    assert cfg.backbone.mixer_options == {"eta": 4, "gate_bias": -1.0, "conv": 4}
     assert config_for("relit", overrides=["backbone.mixer=mlstm"]).backbone.mixer_options == {}
     assert config_for("dc", overrides=["backbone.mixer=attention"]).backbone.mixer_options == {}
     # with options of its own: the caller's stay, the preset's the mixer does not take go

@@ -232,8 +232,8 @@ def bench_ppo(out: str | Path = "bench_ppo.json", env_id: str = "CartPole-v1", s
     PPO on each backbone at width ``hidden``: at its defaults (the same update), with one
     memory shared by actor and critic, and with the cheap update (4 epochs × 4 minibatches,
     shared). Then each of ``agents`` exactly as ``rl-seq train AGENT`` builds it (its own
-    network; the update is the same 10 × 128 with a critic memory): what a user of either
-    package's defaults gets."""
+    network and update; at 8 × 128 steps that is the same 10 × 128 with a critic memory): what a
+    user of either package's defaults gets."""
     import logging
 
     import rl_seq
@@ -277,14 +277,15 @@ def bench_ppo(out: str | Path = "bench_ppo.json", env_id: str = "CartPole-v1", s
             rows.append([f"rl_seq PPO ({mixer})", label, hidden, sps, sps / base if base else float("nan")])
     for name in agents:
         agent = rl_seq.make_agent(name, env_id, n_envs=n_envs, n_steps=n_steps, eval_episodes=0)
-        bb = agent.config.backbone
+        cfg, bb = agent.config, agent.config.backbone
         agent.learn(env_id, steps=n_envs * n_steps)
         t = time.perf_counter()
         agent.learn(env_id, steps=steps)
         sps = steps / (time.perf_counter() - t)
         res[f"rl_seq_{name}_agent_defaults"] = sps
         rows.append([f"rl_seq `{name}` agent ({bb.mixer}, {bb.n_layers} x {bb.d_model})",
-                     "its defaults: 10 x 128, critic memory", bb.d_model, sps, sps / base if base else float("nan")])
+                     f"its defaults: {cfg.n_epochs} x {n_envs * n_steps // cfg.n_minibatches}, {cfg.critic} critic",
+                     bb.d_model, sps, sps / base if base else float("nan")])
     res.update(env=_env_info(), env_id=env_id, n_envs=n_envs, n_steps=n_steps, hidden=hidden, threads=threads)
     torch.set_num_threads(old)
     print_table(f"recurrent PPO on {env_id}: {n_envs} envs x {n_steps} steps, {threads} thread(s); "

@@ -36,8 +36,9 @@ PRESETS: dict[str, tuple[type[Agent], dict, str]] = {
     # relit: gate biases start at -1 (each step keeps ~73% of the memory, not 50%), like an LSTM
     # forget-gate bias. RecurrentPPO on T-Maze-20: at chance after 50k steps with 0 (the paper),
     # solved at 60k with -1; -3 also solves it but writes so weakly that T-Maze-3 stalls. conv=4: a
-    # 4-tap input convolution and a value skip (Mamba's layout); without it the gated, normalised
-    # read-out cannot give back one recent token, and RepeatPrevious (k=4) stayed near chance (docs/results.md)
+    # 4-tap input convolution and a value skip (Mamba's layout); the gated, normalised read-out
+    # gives back one recent token only with both gates saturated; without conv RepeatPrevious (k=4) stayed
+    # near chance (docs/results.md)
     "relit": (PPOAgent, dict(backbone=dict(mixer="agalite", block="gtrxl", d_model=64, n_layers=2, n_heads=4,
                                             mixer_options=dict(eta=4, r=4, gate_bias=-1.0, conv=4))),
               "recurrent linear transformer (AGaLiTe; --backbone linear for GaLiTe): recurrent PPO"),

@@ -98,9 +98,8 @@ class _GatedLinearBase(Mixer):
 
     def _run(self, x: Tensor, state: State, resets: Tensor, fast: bool) -> tuple[Tensor, State]:
         own, conv_state = (state[:-2], state[-2:]) if self.conv is not None else (state, ())
-        if self.conv is not None:
-            run_conv = self.conv.forward_fast if fast else self.conv.forward_reference
-            x, conv_state = run_conv(x, conv_state, resets)
+        if self.conv is not None:  # a mixer on the same backend: its own path matches ours
+            x, conv_state = self.conv(x, conv_state, resets)
         feats = self._features(x)
         o, own = (self._mix_fast if fast else self._mix_reference)(feats, own, resets)  # o [B,T,H,Dh]
         B, T = x.shape[:2]

@@ -215,7 +215,7 @@ def test_online_resume_restores_normalisation_and_evaluations(tmp_path, monkeypa
 
     out = tmp_path / "ppo"
     argv = ["train", "lstm", "--env", "rl_seq/TMaze-v0", "--steps", "2048", "--out", str(out),
-            "--set", "env_kwargs.corridor_length=2", "--set", "n_envs=2", "--set", "n_steps=64",
+            "--set", "env_kwargs.corridor_length=2", "--set", "n_envs=2", "--set", "n_steps=64", "--set", "seq_len=32",
             "--set", "n_epochs=4", "--set", "n_minibatches=4",  # 4 sequences of 32: the cheap update
             "--set", "norm_obs=true", "--set", "norm_reward=true", "--set", "eval_every=256",
             "--set", "eval_episodes=2", "--set", "checkpoint_every=0"]
@@ -266,7 +266,7 @@ CATALOGUE = [
     ("offline-without-dataset", ["train", "dt"], "give --dataset ID"),
     ("ppo-seq-len", [*LSTM, "--set", "seq_len=30"], "seq_len=30 must divide n_steps=128"),
     ("ppo-minibatches-of-a-small-rollout", [*LSTM, "--set", "n_envs=2", "--set", "n_steps=64"],
-     "must divide the rollout's 4 sequences (n_envs·n_steps/seq_len = 2·64/32): --set n_minibatches=4"),
+     "must divide the rollout's 2 sequences (n_envs·n_steps/seq_len = 2·64/64): --set n_minibatches=2"),
     ("ppo-vectorization", [*LSTM, "--set", "vectorization=threads"], "vectorization must be sync or async"),
     ("ppo-critic", [*LSTM, "--set", "critic=both"], "critic must be shared or separate"),
     ("popgym-id-without-module", ["train", "lstm", "--env", "popgym-RepeatPreviousEasy-v0"],
@@ -438,7 +438,7 @@ def test_online_sigkill_resumes_with_continuous_metrics(tmp_path):
     update once, in order, up to the budget."""
     out = tmp_path / "ppo"
     argv = ["train", "lstm", "--env", "CartPole-v1", "--steps", "4096", "--out", str(out), "--set", "n_envs=2",
-            "--set", "n_steps=64", "--set", "n_epochs=4", "--set", "n_minibatches=4",
+            "--set", "n_steps=64", "--set", "seq_len=32", "--set", "n_epochs=4", "--set", "n_minibatches=4",
             "--set", "checkpoint_every=128", "--set", "eval_every=1024",
             "--set", "eval_episodes=2", "--set", "threads=1"]
     step = _kill_after_checkpoint(argv, out / "checkpoints" / "last.pt", 512)

@@ -1,6 +1,8 @@
 """Recurrent PPO: NEXT_STEP autoreset masking, resets inside sequences, truncation
 bootstrap, the memory envs, and learning smoke tests."""
 
+import random
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -169,12 +171,15 @@ def test_cartpole_smoke(algo, threshold):
 
 
 def test_relit_learns_a_short_tmaze_and_memoryless_does_not():
-    kw = dict(env_kwargs=dict(corridor_length=3), eval_episodes=20, eval_every=0, seed=0, n_epochs=4, n_minibatches=4,
-              critic="shared")  # the cheap update, as in test_cartpole_smoke
+    """On a seed drawn per run. Measured on seeds 0-5: relit 1.00 on every one, memoryless
+    0.00-0.60 (about 25 s a seed on one thread)."""
+    seed = random.SystemRandom().randrange(10_000)
+    kw = dict(env_kwargs=dict(corridor_length=3), eval_episodes=20, eval_every=0, seed=seed, n_epochs=4,
+              n_minibatches=4, critic="shared", gae_lambda=0.95, norm_reward=False)  # the cheap update
     relit = rl_seq.make_agent("relit", "rl_seq/TMaze-v0", **kw).learn("rl_seq/TMaze-v0", steps=24_576)
-    assert relit["last"]["mean_return"] >= 0.9
+    assert relit["last"]["mean_return"] >= 0.9, f"seed {seed}"
     mlp = rl_seq.make_agent("lstm", "rl_seq/TMaze-v0", backbone=dict(mixer="none"), **kw)
-    assert mlp.learn("rl_seq/TMaze-v0", steps=8_192)["last"]["mean_return"] <= 0.75
+    assert mlp.learn("rl_seq/TMaze-v0", steps=8_192)["last"]["mean_return"] <= 0.75, f"seed {seed}"
 
 
 def test_an_agent_saved_before_the_critic_option_loads(tmp_path):

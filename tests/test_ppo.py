@@ -162,7 +162,8 @@ def test_cartpole_without_velocities():
 def test_cartpole_smoke(algo, threshold):
     """A CI-sized budget (random play scores about 22) on the cheap update (4 epochs × 4
     minibatches, one memory for actor and critic: a fifth of the defaults' compute); the
-    defaults are measured in scripts/bench_online_peers.py."""
+    defaults are measured in scripts/bench_online_peers.py. lstm, measured on seeds 0-5 (6 of
+    6 above the threshold): 305, 170, 200, 157, 133, 323."""
     torch.manual_seed(0)
     agent = rl_seq.make_agent(algo, "CartPole-v1", eval_episodes=5, eval_every=0, seed=0, n_epochs=4,
                               n_minibatches=4, critic="shared")
@@ -171,7 +172,7 @@ def test_cartpole_smoke(algo, threshold):
 
 
 def test_relit_learns_a_short_tmaze_and_memoryless_does_not():
-    """On a seed drawn per run. Measured on seeds 0-5: relit 1.00 on every one, memoryless
+    """On a seed drawn per run. Measured on seeds 0-9: relit 1.00 on every one, memoryless
     0.00-0.60 (about 25 s a seed on one thread)."""
     seed = random.SystemRandom().randrange(10_000)
     kw = dict(env_kwargs=dict(corridor_length=3), eval_episodes=20, eval_every=0, seed=seed, n_epochs=4,

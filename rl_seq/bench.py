@@ -337,3 +337,60 @@ def bench_sb3(out: str | Path = "bench_sb3.json", env_id: str = "CartPole-v1", s
     res.update(env=_env_info(), env_id=env_id, n_envs=n_envs, hidden=hidden, threads=threads)
     Path(out).write_text(json.dumps(res, indent=2))
     return res
+
+
+# -- the `rl-seq bench` command ------------------------------------------------------------------
+EXAMPLES = """examples:
+  rl-seq bench kernels --json bench_kernels.json
+  rl-seq bench sampler --dataset hopper/medium-v0
+  rl-seq bench train --threads 1 2
+  rl-seq bench train --algos dt --threads 1 --compile on
+  rl-seq bench ppo --env CartPole-v1 --threads 1
+  rl-seq bench sb3 --hidden 64"""
+
+
+def add_parser(sub, fmt) -> None:
+    """``rl-seq bench ...``'s arguments, under the CLI's subcommands ``sub``."""
+    b = sub.add_parser("bench", help="speed benchmarks (print a table, write JSON)", epilog=EXAMPLES,
+                       formatter_class=fmt)
+    bsub = b.add_subparsers(dest="what", required=True)
+    bk = bsub.add_parser("kernels", help="mixer throughput, per-step latency and state size")
+    bk.add_argument("--json", default="bench_kernels.json", help="where to write the results")
+    bk.add_argument("--histories", type=int, nargs="+", default=[20, 100, 1000, 10000])
+    bk.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    bs = bsub.add_parser("sampler", help="segment sampler batches/s")
+    bs.add_argument("--dataset", default="rl_seq/pointgoal/medium-v0")
+    bs.add_argument("--json", default="bench_sampler.json")
+    bt = bsub.add_parser("train", help="training step time and acting ms/step per algorithm")
+    bt.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    bt.add_argument("--json", default="bench_train.json")
+    bt.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    bt.add_argument("--algos", nargs="+", help="offline algorithms to time (default: all)")
+    bt.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                    help="the agents' torch.compile setting (auto: on CUDA only)")
+    bp = bsub.add_parser("ppo", help="recurrent PPO env steps/s against sb3-contrib's RecurrentPPO")
+    bp.add_argument("--env", default="CartPole-v1")
+    bp.add_argument("--steps", type=int, default=8192)
+    bp.add_argument("--threads", type=int, default=1)
+    bp.add_argument("--json", default="bench_ppo.json")
+    b3 = bsub.add_parser("sb3", help="RecurrentPPO: stock LSTM policy vs rl_seq memories at equal hidden size")
+    b3.add_argument("--env", default="CartPole-v1")
+    b3.add_argument("--steps", type=int, default=4096)
+    b3.add_argument("--hidden", type=int, default=64)
+    b3.add_argument("--threads", type=int, default=1)
+    b3.add_argument("--json", default="bench_sb3.json")
+
+
+def run(a) -> int:
+    """Run the benchmark ``rl-seq bench`` was asked for."""
+    if a.what == "kernels":
+        bench_kernels(a.json, histories=a.histories, quick=a.quick)
+    elif a.what == "sampler":
+        bench_sampler(a.dataset, a.json)
+    elif a.what == "train":
+        bench_train(a.json, threads=a.threads, quick=a.quick, algos=a.algos, compile=a.compile)
+    elif a.what == "ppo":
+        bench_ppo(a.json, env_id=a.env, steps=a.steps, threads=a.threads)
+    else:
+        bench_sb3(a.json, env_id=a.env, steps=a.steps, hidden=a.hidden, threads=a.threads)
+    return 0

@@ -47,13 +47,6 @@ Every config key (--set key=value, dotted for nested keys), per algorithm family
   rl-seq datasets info hopper/medium-v0
   rl-seq datasets download D4RL/door/human-v2
   rl-seq datasets make Pendulum-v1 --name test/pendulum --expert-steps 60000""",
-    "bench": """examples:
-  rl-seq bench kernels --json bench_kernels.json
-  rl-seq bench sampler --dataset hopper/medium-v0
-  rl-seq bench train --threads 1 2
-  rl-seq bench train --algos dt --threads 1 --compile on
-  rl-seq bench ppo --env CartPole-v1 --threads 1
-  rl-seq bench sb3 --hidden 64""",
     "plot": """examples:
   rl-seq plot runs/dt-hopper-s0 runs/dt-hopper-s1 --out dt.png""",
 }
@@ -72,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     from rl_seq.agents import PRESETS, config_for
-    from rl_seq.config import describe
+    from rl_seq.config import EVAL_SEED, describe
 
     sections = []
     for algos, name in (("dt dc ds4 lram", "dt"), ("odt", "odt"), ("qt", "qt"), ("gtrxl relit lstm", "lstm")):
@@ -135,13 +128,16 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", help="a run folder (or a saved agent folder)")
     e.add_argument("--env", help="env id (default: the training data's env)")
     e.add_argument("--episodes", type=int, default=10)
-    e.add_argument("--seed", type=int, default=10_000, help="seed of the first episode")
+    e.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of the first episode")
     e.add_argument("--target-return", type=float, help="return to condition on (return-conditioned agents)")
     e.add_argument("--acting", choices=["cached", "window"],
                    help="return-conditioned agents: step state (cached) or recompute the K-step window")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="an acting setting of the trained agent (qt: decode, temperature, support)")
+                   help="an acting setting of the trained agent (dt/dc/ds4/lram/odt: target_return, mode; "
+                   "qt: decode, temperature, support)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--save", action="store_true", help="also write the result into RUN_DIR/eval.json (under "
+                   "'eval'); without it evaluation writes nothing")
 
     d = sub.add_parser("datasets", help="list, inspect, download or make datasets",
                        epilog=EPILOGS["datasets"], formatter_class=fmt)
@@ -166,34 +162,9 @@ def _parser() -> argparse.ArgumentParser:
     dm.add_argument("--expert-kwargs", default="{}", help='JSON of SB3 constructor arguments, e.g. \'{"gamma": 0.9}\'')
     dm.add_argument("--expert-path", help="load this SB3 model as the expert instead of training one")
 
-    b = sub.add_parser("bench", help="speed benchmarks (print a table, write JSON)",
-                       epilog=EPILOGS["bench"], formatter_class=fmt)
-    bsub = b.add_subparsers(dest="what", required=True)
-    bk = bsub.add_parser("kernels", help="mixer throughput, per-step latency and state size")
-    bk.add_argument("--json", default="bench_kernels.json", help="where to write the results")
-    bk.add_argument("--histories", type=int, nargs="+", default=[20, 100, 1000, 10000])
-    bk.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    bs = bsub.add_parser("sampler", help="segment sampler batches/s")
-    bs.add_argument("--dataset", default="rl_seq/pointgoal/medium-v0")
-    bs.add_argument("--json", default="bench_sampler.json")
-    bt = bsub.add_parser("train", help="training step time and acting ms/step per algorithm")
-    bt.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    bt.add_argument("--json", default="bench_train.json")
-    bt.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    bt.add_argument("--algos", nargs="+", help="offline algorithms to time (default: all)")
-    bt.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                    help="the agents' torch.compile setting (auto: on CUDA only)")
-    bp = bsub.add_parser("ppo", help="recurrent PPO env steps/s against sb3-contrib's RecurrentPPO")
-    bp.add_argument("--env", default="CartPole-v1")
-    bp.add_argument("--steps", type=int, default=8192)
-    bp.add_argument("--threads", type=int, default=1)
-    bp.add_argument("--json", default="bench_ppo.json")
-    b3 = bsub.add_parser("sb3", help="RecurrentPPO: stock LSTM policy vs rl_seq memories at equal hidden size")
-    b3.add_argument("--env", default="CartPole-v1")
-    b3.add_argument("--steps", type=int, default=4096)
-    b3.add_argument("--hidden", type=int, default=64)
-    b3.add_argument("--threads", type=int, default=1)
-    b3.add_argument("--json", default="bench_sb3.json")
+    from rl_seq import bench
+
+    bench.add_parser(sub, fmt)
 
     pl = sub.add_parser("plot", help="learning curves of run folders", epilog=EPILOGS["plot"],
                         formatter_class=fmt)
@@ -207,86 +178,21 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_train(a) -> int:
     import yaml
 
-    from rl_seq.agents import PRESETS, config_for, make_agent
-    from rl_seq.config import to_dict
-    from rl_seq.engine import world
+    from rl_seq.distributed import world
+    from rl_seq.training import train
 
-    if a.algo not in PRESETS:
-        config_for(a.algo)  # the helpful error
-    if a.init and a.algo != "odt":
-        raise CLIError(f"--init starts Online DT's online phase from a trained run: `rl-seq train odt --init "
-                       f"{a.init} --online-steps M` (it replaced the older `train {a.algo} --env ... --init ...` "
-                       "TD3+BC fine-tune)")
-    online = PRESETS[a.algo][0].online
-    if a.nproc > 1:
-        return _torchrun(a, online)
-    if online and not a.env:
-        raise CLIError(f"{a.algo} trains online: give --env ENV_ID (e.g. rl_seq/TMaze-v0, CartPole-v1)")
-    if online and a.dataset:
-        raise CLIError(f"{a.algo} trains online in --env and reads no dataset; drop --dataset {a.dataset} "
-                       "(or train an offline algorithm on it: dt, dc, ds4, lram, qt)")
-    if not online and not a.dataset and not a.init:
-        raise CLIError(f"{a.algo} trains offline: give --dataset ID (see `rl-seq datasets list`)")
-    init = None
-    if a.init:  # odt from a trained run: its architecture, no offline phase
-        from rl_seq.agents import DecisionAgent, load_agent
-
-        init = load_agent(a.init)
-        if not isinstance(init, DecisionAgent):
-            raise CLIError(f"--init takes a return-conditioned run (dt, dc, ds4, lram), not {init.algo}")
-        a.dataset = a.dataset or init.meta.get("dataset_id")
-        if not a.dataset:
-            raise CLIError(f"{a.init} does not name the dataset it was trained on: give --dataset ID (its "
-                           "best trajectories start the replay buffer)")
-        arch = {k: getattr(init.config, k) for k in ("context", "segment", "max_timestep", "return_scale")}
-        cfg = config_for(a.algo, a.config, _overrides(a), backbone=to_dict(init.config.backbone), **arch)
-    else:
-        cfg = config_for(a.algo, a.config, _overrides(a))
-    source = a.env if online else a.dataset
-    out = Path(a.out or f"runs/{a.algo}-{source.replace('/', '_')}-s{cfg.seed}")
-    say = print if world()[0] == 0 else (lambda *_: None)
-    if online:
-        agent = make_agent(a.algo, a.env, config=cfg)
-        say(f"run folder: {out}")
-        result = agent.learn(env=a.env, out=out, resume=a.resume)
-    else:
-        from rl_seq.data import load_episodes
-
-        episodes = load_episodes(a.dataset, download=a.download)
-        agent = make_agent(a.algo, dataset=episodes, config=cfg)
-        if init is not None:
-            agent.init_from(init)
-        say(f"run folder: {out}")
-        result = agent.learn(dataset=episodes, env=a.env, out=out, resume=a.resume,
-                             **({"steps": 0} if init is not None else {}))
+    result = train(a.algo, dataset=a.dataset, env=a.env, config=a.config, overrides=_overrides(a), out=a.out,
+                   resume=a.resume, init=a.init, download=a.download, nproc=a.nproc, argv=a.argv)
+    if "returncode" in result:  # relaunched under torchrun: its rank 0 reported
+        return result["returncode"]
     if world()[0] > 0:  # DDP: rank 0 reports
         return 0
+    source = a.env if a.env and not a.dataset else (a.dataset or result.get("data", {}).get("dataset", ""))
     if result["last"] is not None:
         _print_eval(result["last"], f"{a.algo} on {source}", result["best"], result["data"],
                     {k: result.get(k) for k in ("before", "offline")})
-    print(yaml.safe_dump({"run": str(out), "model": str(out / "model")}, sort_keys=False).strip())
+    print(yaml.safe_dump({"run": result["run"], "model": result["model"]}, sort_keys=False).strip())
     return 0
-
-
-def _torchrun(a, online: bool) -> int:
-    """``rl-seq train --nproc N ...``: the same command under torchrun, N processes on this machine."""
-    import os
-    import subprocess
-
-    if online:
-        raise CLIError(f"{a.algo} trains online in one process; --nproc is for the offline algorithms "
-                       "(dt, dc, ds4, lram, qt)")
-    if "WORLD_SIZE" in os.environ:
-        raise CLIError("already under torchrun: drop --nproc (torchrun's --nproc_per_node sets the processes)")
-    argv = list(a.argv)
-    i = argv.index("--nproc") if "--nproc" in argv else None
-    if i is not None:
-        del argv[i:i + 2]
-    else:
-        argv = [x for x in argv if not x.startswith("--nproc=")]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}",
-           "-m", "rl_seq", *argv]
-    return subprocess.run(cmd).returncode
 
 
 def _overrides(a) -> list[str]:
@@ -346,32 +252,23 @@ def cmd_sweep(a) -> int:
 
 
 def cmd_eval(a) -> int:
-    from rl_seq.agents import DecisionAgent, load_agent
+    from rl_seq.agents import load_agent
+    from rl_seq.config import parse_overrides
 
     agent = load_agent(a.run_dir)
-    if a.set:
-        from rl_seq.config import build, merge, parse_overrides, to_dict
-
-        cls, changes = type(agent.config), parse_overrides(a.set)
-        fixed = [k for k in changes if k not in cls.acting_keys]
-        if fixed:
-            can = ", ".join(cls.acting_keys) or "none"
-            raise CLIError(f"--set {fixed[0]}: training fixed it; after training {agent.algo} can change only its "
-                           f"acting settings ({can}). Train again to change the rest")
-        agent.config = build(cls, merge(to_dict(agent.config), changes))
-    kwargs = dict(episodes=a.episodes, seed=a.seed)
-    for flag, key in ((a.acting, "acting"), (a.target_return, "target_return")):
+    acting = parse_overrides(a.set)  # acting settings only: the model and its config stay as trained
+    for flag, key in ((a.acting, "mode"), (a.target_return, "target_return")):
         if flag is not None:
-            if not isinstance(agent, DecisionAgent):
-                raise CLIError(f"--{key.replace('_', '-')} applies to return-conditioned agents, not {agent.algo}")
-            kwargs[key] = flag
+            acting[key] = flag
+    kwargs = dict(episodes=a.episodes, seed=a.seed, acting=acting)
     res = agent.evaluate(a.env, **kwargs).to_dict()
-    path = Path(a.run_dir) / "eval.json"
-    report = json.loads(path.read_text()) if path.exists() else {}
-    report["eval"] = res
-    from rl_seq.runs import atomic_write_bytes
+    if a.save:  # beside the run's own evaluations, under "eval"
+        from rl_seq.runs import atomic_write_bytes
 
-    atomic_write_bytes(path, (json.dumps(report, indent=2) + "\n").encode())
+        path = Path(a.run_dir) / "eval.json"
+        report = json.loads(path.read_text()) if path.exists() else {}
+        report["eval"] = res
+        atomic_write_bytes(path, (json.dumps(report, indent=2) + "\n").encode())
     if a.json:
         print(json.dumps(res))
     else:
@@ -423,17 +320,7 @@ def cmd_datasets(a) -> int:
 def cmd_bench(a) -> int:
     from rl_seq import bench
 
-    if a.what == "kernels":
-        bench.bench_kernels(a.json, histories=a.histories, quick=a.quick)
-    elif a.what == "sampler":
-        bench.bench_sampler(a.dataset, a.json)
-    elif a.what == "train":
-        bench.bench_train(a.json, threads=a.threads, quick=a.quick, algos=a.algos, compile=a.compile)
-    elif a.what == "ppo":
-        bench.bench_ppo(a.json, env_id=a.env, steps=a.steps, threads=a.threads)
-    else:
-        bench.bench_sb3(a.json, env_id=a.env, steps=a.steps, hidden=a.hidden, threads=a.threads)
-    return 0
+    return bench.run(a)
 
 
 def cmd_plot(a) -> int:

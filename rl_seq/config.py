@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -22,6 +23,43 @@ class ConfigError(ValueError):
     """An unknown key, a wrong type or an invalid value in a config."""
 
 
+EVAL_SEED = 10_000
+"""The env seed of the first evaluation episode (``rl-seq eval --seed``, ``Agent.evaluate``);
+training-time evaluations of a run seeded s start at :func:`eval_seed` (s)."""
+
+
+def eval_seed(seed: int) -> int:
+    """Seed of the first evaluation episode for a run seeded ``seed`` (fixed per run, apart
+    from the training seeds)."""
+    return EVAL_SEED + 100 * seed
+
+
+def check_range(cfg: Any, name: str, lo: float | None = None, hi: float | None = None, *,
+                lo_open: bool = False, hi_open: bool = False) -> None:
+    """Refuse field ``name`` of ``cfg`` outside [lo, hi] (open ends as asked; None: unbounded;
+    a None value is an unset optional field and passes)."""
+    v = getattr(cfg, name)
+    if v is None:
+        return
+    low = lo is None or (v > lo if lo_open else v >= lo)
+    high = hi is None or (v < hi if hi_open else v <= hi)
+    if not (low and high):
+        if hi is None:
+            want = f"> {lo}" if lo_open else f">= {lo}"
+        elif lo is None:
+            want = f"< {hi}" if hi_open else f"<= {hi}"
+        else:
+            want = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ConfigError(f"{name} must be {want}, got {v}")
+
+
+def check_choice(cfg: Any, name: str, choices: tuple[str, ...]) -> None:
+    """Refuse field ``name`` of ``cfg`` outside ``choices``."""
+    v = getattr(cfg, name)
+    if v not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {v!r}")
+
+
 @dataclass
 class TrainConfig:
     """Fields every algorithm shares: budget, seeding, logging, evaluation, checkpoints."""
@@ -29,9 +67,6 @@ class TrainConfig:
     legacy_defaults: ClassVar[dict[str, Any]] = {}
     """Fields added after a release, each with the value that rebuilds agents saved before it
     (a saved config without the field loads with it)."""
-    acting_keys: ClassVar[tuple[str, ...]] = ()
-    """Fields that only change how a trained agent acts (``rl-seq eval --set``); the rest are
-    fixed by training."""
 
     steps: int = 10_000
     """Gradient steps (offline) or environment steps (online)."""
@@ -58,16 +93,19 @@ class TrainConfig:
     """Log to Weights & Biases too (offline unless WANDB_MODE says otherwise)."""
     wandb_project: str = "rl_seq"
     """wandb project name."""
+    tensorboard: bool = False
+    """Write TensorBoard event files to the run folder's ``tb/`` too (needs the ``tensorboard``
+    package: ``pip install 'rl-seq[tensorboard]'``)."""
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {self.steps}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.amp not in ("auto", "bf16", "off"):
-            raise ConfigError(f"amp must be auto, bf16 or off, got {self.amp!r}")
-        if self.compile not in ("auto", "on", "off"):
-            raise ConfigError(f"compile must be auto, on or off, got {self.compile!r}")
+        check_range(self, "steps", 1)
+        check_range(self, "seed", 0)
+        for name in ("eval_every", "eval_episodes", "checkpoint_every", "threads"):
+            check_range(self, name, 0)
+        check_range(self, "log_every", 1)
+        check_choice(self, "device", ("auto", "cpu", "cuda"))
+        check_choice(self, "amp", ("auto", "bf16", "off"))
+        check_choice(self, "compile", ("auto", "on", "off"))
 
 
 @dataclass
@@ -87,6 +125,16 @@ class OfflineConfig(TrainConfig):
     """Overrides the dataset's reference score for 0 (random)."""
     ref_max_score: float | None = None
     """Overrides the dataset's reference score for 1 (expert)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self, "batch_size", 1)
+        check_range(self, "lr", 0, lo_open=True)
+        check_range(self, "weight_decay", 0)
+        check_range(self, "max_timestep", 1)
+        lo, hi = self.ref_min_score, self.ref_max_score
+        if lo is not None and hi is not None and not lo < hi:
+            raise ConfigError(f"ref_min_score ({lo}) must be below ref_max_score ({hi})")
 
 
 def _hints(cls) -> dict[str, Any]:
@@ -114,13 +162,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping of {tp.__name__} fields, got {value!r}")
         return build(tp, value, prefix=f"{key}.")
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
     if tp is float and isinstance(value, str):  # YAML reads "3e-4" as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             raise ConfigError(f"{key} must be float, got {value!r}") from None
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return float(value)
     if tp is str and isinstance(value, bool):  # YAML 1.1 reads off/on/no/yes as booleans: `--set amp=off`
         return "on" if value else "off"
     if tp in (int, str, bool):
@@ -158,7 +208,10 @@ def build(cls, values: dict, prefix: str = ""):
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(str(e)) from None
+        msg = str(e)
+        if prefix and any(msg.startswith(n) for n in names):  # a nested field's check names it in full
+            msg = prefix + msg
+        raise ConfigError(msg) from None
 
 
 def to_dict(cfg) -> dict:
@@ -191,13 +244,11 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
-def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict | None = None, expected_algo: str | None = None):
-    """Defaults <- ``base`` <- YAML file <- overrides; returns a checked ``cls``. A file's
-    ``algo:`` key, when present, must be ``expected_algo``."""
-    values = to_dict(cls())
-    if base:
-        values = merge(values, base)
+def read_layers(path: str | Path | None = None, overrides: list[str] | None = None,
+                expected_algo: str | None = None) -> dict:
+    """A YAML file's values <- ``key=value`` overrides, as one nested dict (not yet checked
+    against a config class). A file's ``algo:`` key, when present, must be ``expected_algo``."""
+    values: dict = {}
     if path is not None:
         if not Path(path).is_file():
             raise ConfigError(f"config file {path} does not exist; the shipped ones are configs/ALGO/TASK.yaml "
@@ -212,10 +263,16 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
         if algo is not None and expected_algo is not None and algo != expected_algo:
             raise ConfigError(f"{path} is a config for {algo!r}, not {expected_algo!r}; "
                               f"train {algo} with it, or pick configs/{expected_algo}/...")
-        values = merge(values, data)
+        values = data
     if overrides:
         values = merge(values, parse_overrides(overrides))
-    return build(cls, values)
+    return values
+
+
+def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict | None = None, expected_algo: str | None = None):
+    """Defaults <- ``base`` <- YAML file <- overrides; returns a checked ``cls``."""
+    return build(cls, merge(merge(to_dict(cls()), base or {}), read_layers(path, overrides, expected_algo)))
 
 
 def describe(cls) -> list[tuple[str, str, str]]:

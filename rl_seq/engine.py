@@ -1,39 +1,40 @@
-"""The training engine: the one loop every agent trains through.
+"""The training engine: the one loop and the one optimiser step every algorithm trains through.
 
-An algorithm describes its training as a :class:`Work` - one *iteration* (offline: sample a
-batch and take a gradient step; online: collect a rollout and update on it; odt's online
-phase: collect a trajectory and update on the buffer) and the objects a checkpoint must keep. :func:`train` runs it and
-owns everything around it, the same way for every agent:
+An algorithm is an object with a small interface (:class:`Algorithm`): ``prepare`` builds
+what its training needs (samplers, optimisers, envs) and returns a :class:`Plan`; each
+*iteration* ``collect(step)`` gathers data (offline: a batch from a sampler; online: a
+rollout, or odt's trajectory) and hands back the batches to take an optimiser step on;
+``loss(model, batch) -> (loss, metrics)`` scores one of them, calling ``model`` (the
+algorithm's model as training runs it) for the forward pass. The engine owns everything
+around it, the same way for every algorithm:
 
-- the run folder (``out``): its lock, ``config.yaml``, metrics (JSONL; CSV at the end; wandb
-  when asked), the final model, ``eval.json`` and the plot;
-- progress (a rich bar in a terminal, a log line every 10% otherwise) and a non-finite
-  metrics check;
-- periodic evaluation (every ``eval_every`` steps) and a final one, in the env the agent
-  evaluates in, with fixed env seeds (:func:`eval_seed`). ``last`` is the final evaluation,
-  ``best`` the one with the highest mean return (equivalently, normalised score);
-- the resumable checkpoint (atomic, every ``checkpoint_every`` steps and at the end):
-  weights, every object of ``Work.state``, the RNGs of torch / numpy / Python, the step,
-  ``last`` / ``best`` / ``before``;
-- ``resume``: everything above is restored and the metrics logged after the checkpoint are
-  dropped, so a run stopped at any point continues as if it had never stopped. What an
-  iteration keeps outside ``Work.state`` is not restored: online, the envs restart at a fresh
-  reset (an episode in progress is lost; its seed is derived from the step);
+- **the optimiser step** (:class:`OptimiserStep`): the model's forward under bf16 autocast
+  when ``amp`` asks for it (losses and the backward pass stay in float32), the model
+  ``torch.compile``'d when ``compile`` does, wrapped in
+  ``DistributedDataParallel`` under torchrun (gradients all-reduced), zero-grad, backward,
+  gradient-norm clip, every optimiser's step, the scheduler, then ``after_update`` (target
+  networks);
+- the run folder (``out``): its lock, ``config.yaml``, metrics (JSONL; CSV at the end;
+  TensorBoard and wandb when asked), the final model, ``eval.json`` and the plot;
+- progress (a rich bar in a terminal, a log line every 10% otherwise), steps per second
+  (``sps``) and a non-finite metrics check;
+- periodic evaluation (every ``eval_every`` steps), named milestones (``Plan.milestones``;
+  one at step 0 evaluates before training) and a final one, with fixed env seeds
+  (:func:`rl_seq.config.eval_seed`). ``last`` is the final evaluation, ``best`` the one with
+  the highest mean return;
+- the resumable checkpoint (atomic, every ``checkpoint_every`` steps and at the end): weights,
+  every object of ``Plan.state``, the RNGs of torch / numpy / Python, the step, the
+  evaluations; ``resume`` restores all of it and drops the metrics logged after the
+  checkpoint, so a run stopped at any point continues as if it had never stopped. What an
+  algorithm keeps outside ``Plan.state`` is not restored: online, the envs restart at a fresh
+  reset;
 - SIGINT / SIGTERM: the iteration in progress finishes, a checkpoint is written, and
-  :class:`KeyboardInterrupt` is raised (a second signal stops at once). A SIGKILL loses the
-  steps since the last checkpoint.
+  :class:`KeyboardInterrupt` is raised (a second signal stops at once);
+- the process group under torchrun (:mod:`rl_seq.distributed`): only rank 0 writes the run
+  folder and evaluates; the checkpoint keeps every rank's sampler and RNG state.
 
 Steps are the algorithm's unit (gradient steps offline, env steps online): an iteration
 advances by one or more, and a schedule fires when the step count crosses a multiple of it.
-
-Under ``torchrun`` (``WORLD_SIZE`` > 1) offline training is data-parallel with PyTorch's own
-DDP: :func:`init_distributed` joins the process group (NCCL on CUDA, gloo on CPU), the agent's
-``training_model`` is wrapped in ``DistributedDataParallel`` (gradients all-reduced), each
-rank samples its own windows from a stream derived from the seed (:func:`rank_seed`), so the
-global batch is ``batch_size`` x processes. Only rank 0 writes the run folder, evaluates and
-saves; the checkpoint holds every rank's sampler and RNG state, so ``--resume`` (with the same
-number of processes) continues each rank's stream. The ranks agree on a stop after every
-iteration, so Ctrl-C / SIGTERM stop them all at the same step.
 """
 
 from __future__ import annotations
@@ -41,260 +42,319 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
-from rl_seq.config import TrainConfig, to_dict
-from rl_seq.runs import Run, load_checkpoint, progress, rng_state, seed_everything, set_rng_state, stop_on_interrupt
-
-if TYPE_CHECKING:
-    from rl_seq.agents.base import Agent
+from rl_seq import distributed as dist
+from rl_seq.config import ConfigError, TrainConfig, eval_seed, to_dict
+from rl_seq.runs import Run, load_checkpoint, progress, rng_state, set_rng_state, stop_on_interrupt
 
 log = logging.getLogger(__name__)
 
 
-def eval_seed(seed: int) -> int:
-    """Seed of the first evaluation episode for a run seeded ``seed`` (fixed per run, apart
-    from the training seeds)."""
-    return 10_000 + 100 * seed
+@dataclass
+class Optimiser:
+    """What the one optimiser step needs from an algorithm."""
 
-
-# -- torchrun: one process per rank -----------------------------------------------------------
-def world() -> tuple[int, int]:
-    """(rank, world size) of this process: torchrun's ``RANK`` / ``WORLD_SIZE``, else (0, 1)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def distributed() -> bool:
-    """Whether this process trains in a process group of more than one rank."""
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and world()[1] > 1
-
-
-def rank_seed(seed: int) -> int:
-    """The seed of this rank's own sampling stream (rank 0, and a single process: ``seed``)."""
-    return seed + 100_003 * world()[0]
-
-
-def init_distributed(agent: Agent) -> bool:
-    """Under torchrun (``WORLD_SIZE`` > 1): join the process group (NCCL when the agent is on
-    CUDA, gloo on CPU), put the agent on its rank's GPU and give ranks > 0 their own torch /
-    numpy streams (dropout). Returns True when it created the group (the caller ends it)."""
-    rank, size = world()
-    if size == 1 or torch.distributed.is_initialized():
-        return False
-    cuda = agent.device.type == "cuda"
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        agent.device = torch.device("cuda", torch.cuda.current_device())
-        agent.model.to(agent.device)
-    torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    if rank > 0:
-        seed_everything(rank_seed(agent.config.seed))
-    return True
-
-
-def global_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """``total / count`` with ``count`` summed over the DDP ranks (and scaled by the world
-    size, which DDP's gradient averaging divides out): the loss of the global batch, however
-    its real (unpadded) steps fall on the ranks. In one process: ``total / count``."""
-    if not distributed():
-        return total / count
-    c = count.detach().clone()
-    torch.distributed.all_reduce(c)
-    return total * world()[1] / c
-
-
-def _agree(flags: list[float]) -> list[float]:
-    """Max over ranks of each flag (a stop asked for on any rank stops all)."""
-    if not distributed():
-        return flags
-    t = torch.tensor(flags, dtype=torch.float64)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return t.tolist()
-
-
-def _mean_over_ranks(metrics: dict) -> dict:
-    if not distributed() or not metrics:
-        return metrics
-    t = torch.tensor(list(metrics.values()), dtype=torch.float64)
-    torch.distributed.all_reduce(t)
-    return dict(zip(metrics, (t / world()[1]).tolist(), strict=True))
-
-
-def _gather(obj: Any) -> list:
-    if not distributed():
-        return [obj]
-    out = [None] * world()[1]
-    torch.distributed.all_gather_object(out, obj)
-    return out
+    optimizers: list[torch.optim.Optimizer]
+    """Stepped in order after one backward pass (odt: the policy's, then its temperature's)."""
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    """Stepped after every optimiser step."""
+    clip: float | None = None
+    """Clip the gradient norm of the model's parameters to this (None: no clip)."""
 
 
 @dataclass
-class Work:
-    """What an algorithm hands the engine."""
+class Plan:
+    """What one run trains: built by ``Algorithm.prepare``."""
 
-    iterate: Callable[[int], tuple[int, dict]]
-    """``iterate(step) -> (steps advanced, metrics)``: one iteration, starting after ``step``
-    steps. Metrics are floats or 0-d tensors (logged, shown, checked for NaN); tensors are read
-    only on the steps that log, so a GPU step does not wait for its loss to reach the host."""
     steps: int
     """The budget, in the algorithm's steps."""
+    optimiser: Optimiser
     state: dict[str, Any] = field(default_factory=dict)
     """Objects a checkpoint keeps besides the model, each with ``state_dict()`` and
     ``load_state_dict()``: optimisers, schedulers, samplers, target networks, statistics."""
-    info: dict = field(default_factory=dict)
-    """What the run trains on (``dataset``, ``env``, ``init``), for the run folder's
-    ``config.yaml``; ``data`` (the dataset's summary row) is returned, not written there."""
-    config: TrainConfig | None = None
-    """The schedule (``eval_every``, ``eval_episodes``, ``log_every``, ``checkpoint_every``,
-    ``seed``, ``wandb``); None = the agent's config."""
-    before: bool = False
-    """Evaluate once before the first iteration (``odt --init``: the policy it starts from)."""
-    milestones: dict[str, int] = field(default_factory=dict)
-    """Named steps to evaluate at, reported under their name (``{"offline": N}``: the end of
-    an offline phase)."""
     per_rank: tuple[str, ...] = ()
-    """Entries of ``state`` that differ between DDP ranks (each rank's sampler): the
-    checkpoint keeps every rank's."""
-    show: tuple[str, ...] | None = None
-    """Metrics shown in the progress bar (None: all but ``lr``)."""
-    close: Callable[[], None] = lambda: None
-    """Called when the loop ends, however it ends (closes envs)."""
+    """Entries of ``state`` that differ between DDP ranks (each rank's sampler)."""
+    info: dict = field(default_factory=dict)
+    """What the run trains on (``dataset``, ``env``, ``init``) for ``config.yaml``; ``data``
+    (the dataset's summary row) is returned, not written there."""
+    milestones: dict[str, int] = field(default_factory=dict)
+    """Named steps to evaluate at, reported under their name (``{"offline": N}``; a milestone
+    at step 0 evaluates the policy training starts from)."""
+
+
+@dataclass
+class Collected:
+    """One iteration's data: ``steps`` advanced, the ``batches`` to take an optimiser step on
+    (an iterable, possibly lazy: PPO's epochs stop early on ``target_kl``) and the metrics of
+    collecting (episode returns)."""
+
+    steps: int
+    batches: Iterable[Any]
+    metrics: dict = field(default_factory=dict)
+
+
+class Algorithm(Protocol):
+    """What the engine drives. Every agent of :mod:`rl_seq.agents` is one."""
+
+    algo: str
+    config: TrainConfig
+    device: torch.device
+    model: nn.Module
+    meta: dict
+    progress_metrics: tuple[str, ...] | None
+
+    def prepare(self, steps: int, data: Any, env: str | None, **options) -> Plan: ...
+
+    def collect(self, step: int) -> Collected: ...
+
+    def loss(self, model: Callable[..., Any], batch: Any) -> tuple[torch.Tensor, dict]: ...
+
+    def after_update(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def evaluate(self, env: Any = None, episodes: int = 10, seed: int = 0) -> Any: ...
+
+    def final_evaluations(self) -> dict: ...
+
+    def save(self, path: str | Path) -> Path: ...
+
+
+def precision(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    """bf16 autocast when ``amp`` asks for it (``auto``: on CUDA only)."""
+    on = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+
+
+def compiled(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether ``compile`` asks for ``torch.compile`` (``auto``: on CUDA only)."""
+    return cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
+
+
+class OptimiserStep:
+    """The one optimiser step of the code base (module docstring)."""
+
+    def __init__(self, algo: Algorithm, opt: Optimiser) -> None:
+        self.algo, self.opt = algo, opt
+        cfg, dev = algo.config, algo.device
+        model = algo.model
+        if dist.distributed():  # gradients all-reduced over the ranks
+            model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        self.net = torch.compile(model) if compiled(cfg, dev) else model
+
+    def model(self, *args, **kwargs) -> Any:
+        """What losses call: the algorithm's model under DDP / ``torch.compile`` (sharing its
+        parameters), its forward under the ``amp`` autocast."""
+        with precision(self.algo.config, self.algo.device):
+            return self.net(*args, **kwargs)
+
+    def __call__(self, batch: Any) -> dict:
+        """One step on ``batch``; returns its metrics (0-d tensors, read only when logged)."""
+        loss, metrics = self.algo.loss(self.model, batch)
+        for o in self.opt.optimizers:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        out = {"loss": loss.detach(), **metrics}
+        if self.opt.clip is not None:
+            out["grad_norm"] = nn.utils.clip_grad_norm_(self.algo.model.parameters(), self.opt.clip)
+        out["lr"] = self.opt.optimizers[0].param_groups[0]["lr"]
+        for o in self.opt.optimizers:
+            o.step()
+        if self.opt.scheduler is not None:
+            self.opt.scheduler.step()
+        self.algo.after_update()
+        return out
+
+
+def iterate(algo: Algorithm, step: OptimiserStep, at: int) -> tuple[int, dict]:
+    """One iteration after ``at`` steps: collect, then an optimiser step per batch. Returns the
+    steps advanced and the metrics (collection's, and the mean of the steps')."""
+    got = algo.collect(at)
+    sums: dict[str, Any] = {}
+    n = 0
+    for batch in got.batches:
+        for k, v in step(batch).items():
+            sums[k] = sums.get(k, 0.0) + v
+        n += 1
+    return got.steps, {**{k: v / n for k, v in sums.items()}, **got.metrics}
 
 
 def _crossed(step: int, prev: int, every: int) -> bool:
     return bool(every) and step // every != prev // every
 
 
-def train(agent: Agent, work: Work, out: str | Path | None = None, resume: bool = False) -> dict:
-    """Run ``work`` for ``agent`` (see the module docstring). Returns ``last``, ``best`` and
-    ``before`` evaluations (dicts or None), the final ``step``, the last logged training
-    metrics (``train``), the data's summary row (``data``) and the run folder (``run``)."""
-    cfg = work.config or agent.config
-    run, rank = None, world()[0]
+def check_device(cfg: TrainConfig) -> torch.device:
+    """The device ``cfg.device`` names, refused with the fix when this machine has none."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ConfigError(f"device=cuda, but {why}; use --set device=cpu (or auto), or install a CUDA build of torch "
+                          "on a GPU machine")
+    return torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+def train(algo: Algorithm, steps: int, data: Any = None, env: str | None = None, out: str | Path | None = None,
+          resume: bool = False, **options) -> dict:
+    """Train ``algo`` for ``steps`` (see the module docstring) on ``data`` (offline) or in
+    ``env`` (online). Returns ``last``, ``best`` and the milestones' evaluations (dicts or
+    None), the final ``step``, the last logged training metrics (``train``), the data's
+    summary row (``data``) and the run folder (``run``)."""
+    owns_group, device = dist.init(algo.device, algo.config.seed)
+    if device != algo.device:  # this rank's own GPU
+        algo.device = device
+        algo.model.to(device)
+    run = None
     try:
-        if out is not None and rank == 0:
-            run = Run(out, dict(algo=agent.algo, **{k: v for k, v in work.info.items() if k != "data"},
-                                config=to_dict(cfg)), resume=resume, wandb=cfg.wandb, wandb_project=cfg.wandb_project)
-        result = _loop(agent, work, cfg, run, resume, None if out is None else Path(out))
+        plan = algo.prepare(steps, data, env, **options)
+        if plan.steps < 1:
+            raise ValueError(f"nothing to train: {algo.algo} was asked for {plan.steps} steps; give steps >= 1")
+        cfg = algo.config
+        if out is not None and dist.world()[0] == 0:
+            info = {k: v for k, v in plan.info.items() if k != "data"}
+            run = Run(out, dict(algo=algo.algo, **info, config=to_dict(cfg)), resume=resume, wandb=cfg.wandb,
+                      wandb_project=cfg.wandb_project, tensorboard=cfg.tensorboard)
+            log.info("run folder: %s", run.dir)
+        result = _loop(algo, plan, run, resume, None if out is None else Path(out))
         if run is not None:
-            _finish(agent, run, result, work)
+            _finish(algo, run, result, plan)
+        return result
     finally:
-        work.close()
+        algo.close()
         if run is not None:
             run.close()
-    return result
+        if owns_group:
+            torch.distributed.destroy_process_group()
 
 
-def _loop(agent: Agent, work: Work, cfg: TrainConfig, run: Run | None, resume: bool, out: Path | None) -> dict:
-    total = work.steps
-    rank, size = world()
-    can_eval = bool(agent.meta.get("env_id")) and cfg.eval_episodes > 0 and rank == 0
-    ev = dict(last=None, best=None, before=None)
-    start = 0
-    shared = [k for k in work.state if k not in work.per_rank]
+class _Evaluations:
+    """``last``, ``best`` and the milestones' evaluations of a run (rank 0 only)."""
+
+    def __init__(self, algo: Algorithm, run: Run | None) -> None:
+        cfg = algo.config
+        self.algo, self.run = algo, run
+        self.can = bool(algo.meta.get("env_id")) and cfg.eval_episodes > 0 and dist.world()[0] == 0
+        self.found: dict[str, dict | None] = dict(last=None, best=None)
+
+    def evaluate(self, step: int, kind: str = "eval") -> dict:
+        cfg = self.algo.config
+        res = self.algo.evaluate(episodes=cfg.eval_episodes, seed=eval_seed(cfg.seed)).to_dict()
+        res["step"] = step
+        if self.run is not None:
+            self.run.log(step, kind, {k: v for k, v in res.items() if k not in ("returns", "lengths")})
+        if kind == "eval":
+            self.found["last"] = res
+            best = self.found["best"]
+            if best is None or res["mean_return"] > best["mean_return"]:
+                self.found["best"] = res
+        else:
+            self.found[kind] = res
+            log.info("%s: mean return %.4g at step %d", kind, res["mean_return"], step)
+        return res
+
+
+def _loop(algo: Algorithm, plan: Plan, run: Run | None, resume: bool, out: Path | None) -> dict:
+    cfg, total = algo.config, plan.steps
+    rank, size = dist.world()
+    ev = _Evaluations(algo, run)
+    shared = [k for k in plan.state if k not in plan.per_rank]
 
     def checkpoint(step: int) -> None:
         if out is None:
             return
-        mine = dict(rng=rng_state(), **{k: work.state[k].state_dict() for k in work.per_rank})
-        ranks = _gather(mine)  # every rank's streams (a collective: every rank calls it)
+        mine = dict(rng=rng_state(), **{k: plan.state[k].state_dict() for k in plan.per_rank})
+        ranks = dist.gather(mine)  # every rank's streams (a collective: every rank calls it)
         if run is not None:
-            run.save_checkpoint(dict(model=agent.model.state_dict(), step=step, evals=json.dumps(ev), ranks=ranks,
-                                     **{k: work.state[k].state_dict() for k in shared}))
+            run.save_checkpoint(dict(model=algo.model.state_dict(), step=step, evals=json.dumps(ev.found),
+                                     ranks=ranks, **{k: plan.state[k].state_dict() for k in shared}))
 
-    def evaluate(step: int, kind: str = "eval") -> dict:
-        res = agent.evaluate(episodes=cfg.eval_episodes, seed=eval_seed(cfg.seed)).to_dict()
-        res["step"] = step
-        if run is not None:
-            run.log(step, kind, {k: v for k, v in res.items() if k not in ("returns", "lengths")})
-        return res
-
+    start = 0
     if resume and out is not None:
         ck = run.load_checkpoint() if run is not None else load_checkpoint(out / "checkpoints" / "last.pt")
         if len(ck["ranks"]) != size:
             raise ValueError(f"the checkpoint was written by {len(ck['ranks'])} process(es), this run has {size}; "
                              f"resume with the same number (--nproc {len(ck['ranks'])})")
-        agent.model.load_state_dict(ck["model"])
+        algo.model.load_state_dict(ck["model"])
         for k in shared:
-            work.state[k].load_state_dict(ck[k])
-        for k in work.per_rank:
-            work.state[k].load_state_dict(ck["ranks"][rank][k])
+            plan.state[k].load_state_dict(ck[k])
+        for k in plan.per_rank:
+            plan.state[k].load_state_dict(ck["ranks"][rank][k])
         set_rng_state(ck["ranks"][rank]["rng"])
-        start, ev = ck["step"], json.loads(ck["evals"])
+        start, ev.found = ck["step"], json.loads(ck["evals"])
         if run is not None:
             run.truncate_metrics(start)
         log.info("resumed from step %d", start)
-    elif work.before and can_eval:
-        ev["before"] = evaluate(0, "before")
-        log.info("before training: mean return %.4g", ev["before"]["mean_return"])
+    elif ev.can:
+        for name, at in plan.milestones.items():
+            if at == 0:
+                ev.evaluate(0, name)
 
-    agent.model.train()
-    bar, task = progress(total, f"{agent.algo} training", start, disable=rank > 0)
+    step_fn = OptimiserStep(algo, plan.optimiser)
+    algo.model.train()
+    bar, task = progress(total, f"{algo.algo} training", start, disable=rank > 0)
     step, metrics, t0 = start, None, time.time()
     every = max(1, (total - start) // 10)  # without a terminal: a log line every 10%
     with stop_on_interrupt() as stop, bar:
         while step < total:
             prev = step
-            n, m = work.iterate(step)
+            n, m = iterate(algo, step_fn, step)
             step += n
             if _crossed(step, prev, cfg.log_every) or step >= total:
-                metrics = m = _mean_over_ranks({k: float(v) for k, v in m.items()})
+                m = dist.mean_over_ranks({k: float(v) for k, v in m.items()})
+                metrics = m = {**m, "sps": (step - start) / max(time.time() - t0, 1e-9)}
                 if not all(math.isfinite(v) for v in m.values()):
                     raise FloatingPointError(
                         f"non-finite training metrics at step {step}: {m}; lower the learning rate "
                         "or check the data for extreme values")
                 if run is not None:
                     run.log(step, "train", m)
-                show = work.show or [k for k in m if k != "lr"]
+                show = algo.progress_metrics or [k for k in m if k not in ("lr", "sps")]
                 bar.update(task, info=" ".join(f"{k}={m[k]:.4g}" for k in show if k in m))
-            for name, at in work.milestones.items():
-                if can_eval and prev < at <= step:
-                    ev[name] = evaluate(step, name)
-                    log.info("%s: mean return %.4g at step %d", name, ev[name]["mean_return"], step)
-            if can_eval and _crossed(step, prev, cfg.eval_every) and step < total:
-                ev["last"] = evaluate(step)
-                if ev["best"] is None or ev["last"]["mean_return"] > ev["best"]["mean_return"]:
-                    ev["best"] = ev["last"]
+            if ev.can:
+                for name, at in plan.milestones.items():
+                    if prev < at <= step:
+                        ev.evaluate(step, name)
+                if _crossed(step, prev, cfg.eval_every) and step < total:
+                    ev.evaluate(step)
             if _crossed(step, prev, cfg.checkpoint_every):
                 checkpoint(step)
             bar.update(task, completed=step)
-            quiet = rank > 0 or bar.console.is_terminal
-            if not quiet and (_crossed(step - start, prev - start, every) or step >= total):
-                last = ev["last"]
+            if rank == 0 and not bar.console.is_terminal and (
+                    _crossed(step - start, prev - start, every) or step >= total):
+                last = ev.found["last"]
                 tail = "" if last is None else f", last eval {last['mean_return']:.4g}"
-                log.info("%s: step %d/%d, %.1f steps/s%s", agent.algo, step, total,
+                log.info("%s: step %d/%d, %.1f steps/s%s", algo.algo, step, total,
                          (step - start) / max(time.time() - t0, 1e-9), tail)
-            if _agree([float(stop.requested)])[0]:
+            if dist.agree([float(stop.requested)])[0]:
                 checkpoint(step)
                 log.warning("interrupted: checkpoint saved at step %d; continue with --resume", step)
                 raise KeyboardInterrupt
-    if can_eval and (ev["last"] is None or ev["last"]["step"] != step):
-        ev["last"] = evaluate(step)
-        if ev["best"] is None or ev["last"]["mean_return"] > ev["best"]["mean_return"]:
-            ev["best"] = ev["last"]
+    last = ev.found["last"]
+    if ev.can and (last is None or last["step"] != step):
+        ev.evaluate(step)
     checkpoint(step)
-    return dict(**ev, step=step, train=metrics, data=work.info.get("data"), run=None if run is None else str(run.dir))
+    return dict(**ev.found, step=step, train=metrics, data=plan.info.get("data"),
+                run=None if run is None else str(run.dir))
 
 
-def _finish(agent: Agent, run: Run, result: dict, work: Work) -> None:
+def _finish(algo: Algorithm, run: Run, result: dict, plan: Plan) -> None:
     """The run folder's final model, ``eval.json`` and plot."""
     from rl_seq.plot import plot_runs
 
-    agent.save(run.dir / "model")
+    algo.save(run.dir / "model")
     report = dict(last=result["last"], best=result["best"],
                   note="last = evaluation at the final step; best = the periodic evaluation with the highest "
                        "mean return")
-    for k in ("before", *work.milestones):
+    for k in plan.milestones:
         if result.get(k) is not None:
             report[k] = result[k]
-    report.update(agent.final_evaluations())
+    report.update(algo.final_evaluations())
     run.write_json("eval.json", report)
     run.write_csv()
     if result["last"] is not None:

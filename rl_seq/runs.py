@@ -101,7 +101,8 @@ class Run:
     """A run folder: metrics, checkpoints, progress and optional wandb."""
 
     def __init__(self, out_dir: str | Path, config: dict, resume: bool = False,
-                 wandb: bool = False, wandb_project: str = "rl_seq") -> None:
+                 wandb: bool = False, wandb_project: str = "rl_seq", tensorboard: bool = False) -> None:
+        writer = _tensorboard() if tensorboard else None  # before anything is written
         self.dir = Path(out_dir)
         self.ckpt_path = self.dir / "checkpoints" / "last.pt"
         if resume and not self.ckpt_path.exists():
@@ -123,9 +124,8 @@ class Run:
                                  "resume with the same settings or start a new run")
         atomic_write_bytes(cfg_path, yaml.safe_dump(config, sort_keys=False).encode())
         self.metrics_path = self.dir / "metrics.jsonl"
-        self.wandb = None
-        if wandb:
-            self.wandb = _init_wandb(config, self.dir, wandb_project)
+        self.wandb = _init_wandb(config, self.dir, wandb_project) if wandb else None
+        self.tb = None if writer is None else writer(str(self.dir / "tb"))
         self.t0 = time.time()
 
     # -- metrics ---------------------------------------------------------------------------
@@ -134,9 +134,13 @@ class Run:
         row.update({k: _plain(v) for k, v in values.items()})
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        scalars = {f"{kind}/{k}": v for k, v in row.items()
+                   if k not in ("step", "kind") and isinstance(v, int | float) and not isinstance(v, bool)}
         if self.wandb is not None:
-            self.wandb.log({f"{kind}/{k}": v for k, v in row.items() if k not in ("step", "kind")},
-                           step=int(step))
+            self.wandb.log(scalars, step=int(step))
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, int(step))
 
     def metrics(self) -> list[dict]:
         return read_metrics(self.dir)
@@ -169,6 +173,8 @@ class Run:
         self.write_csv()
         if self.wandb is not None:
             self.wandb.finish()
+        if self.tb is not None:
+            self.tb.close()
         if self._lock is not None:  # releases the lock (as the process's exit would, even a kill)
             _HELD.pop(str(self._lock.name), None)
             self._lock.close()
@@ -240,6 +246,16 @@ def _init_wandb(config: dict, run_dir: Path, project: str):
     mode = os.environ.get("WANDB_MODE", "offline")
     return wandb.init(project=project, config=config, dir=str(run_dir), mode=mode,
                       reinit=True)
+
+
+def _tensorboard() -> type:
+    """TensorBoard's ``SummaryWriter`` (what Stable-Baselines3 users read their runs with)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ImportError("tensorboard=true needs the tensorboard package: pip install 'rl-seq[tensorboard]' "
+                          "(or drop --set tensorboard=true)") from None
+    return SummaryWriter
 
 
 def progress(total: int, description: str, start: int = 0, disable: bool = False):

@@ -56,12 +56,15 @@ class Sweep:
         name = "_".join(f"{k}={v}" for k, v in point.items()).replace("/", "_") or "default"
         return Path(self.out).resolve() / f"{name}-s{seed}"
 
+    def trial_overrides(self, point: dict[str, str], seed: int) -> list[str]:
+        """The ``key=value`` settings of one trial."""
+        threads = max(1, int(self.cpus_per_trial))
+        return [f"threads={threads}", *self.overrides, *(f"{k}={v}" for k, v in point.items()), f"seed={seed}"]
+
     def trial_config(self, point: dict[str, str], seed: int):
         from rl_seq.agents import config_for
 
-        threads = max(1, int(self.cpus_per_trial))
-        return config_for(self.algo, self.config, [f"threads={threads}", *self.overrides,
-                                                   *(f"{k}={v}" for k, v in point.items()), f"seed={seed}"])
+        return config_for(self.algo, self.config, self.trial_overrides(point, seed))
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -89,22 +92,15 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
 
 def _run_trial(spec: dict) -> dict:
     """One trial, in a Ray worker: an ordinary run (resumed or skipped when it exists)."""
-    from rl_seq.agents import make_agent
-    from rl_seq.data import load_episodes
+    from rl_seq.training import train
 
     sweep = Sweep(**spec["sweep"])
     point, seed = spec["point"], spec["seed"]
     out = sweep.trial_dir(point, seed)
     if not (out / "eval.json").exists():
-        cfg = sweep.trial_config(point, seed)
-        resume = (out / "checkpoints" / "last.pt").exists()
-        if sweep.dataset is not None:
-            data = load_episodes(sweep.dataset)
-            agent = make_agent(sweep.algo, dataset=data, config=cfg)
-            agent.learn(dataset=data, env=sweep.env, out=out, resume=resume)
-        else:
-            agent = make_agent(sweep.algo, sweep.env, config=cfg)
-            agent.learn(env=sweep.env, out=out, resume=resume)
+        train(sweep.algo, dataset=sweep.dataset, env=sweep.env, config=sweep.config,
+              overrides=sweep.trial_overrides(point, seed), out=out,
+              resume=(out / "checkpoints" / "last.pt").exists())
     report = json.loads((out / "eval.json").read_text())
     return {k: _score(report.get(k)) for k in ("last", "best")}
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from bench_peers import job_env  # one thread per job, as in the offline benchmark
 
-from rl_seq.engine import eval_seed
+from rl_seq.config import eval_seed
 
 HERE = Path(__file__).resolve().parent
 SB3 = "sb3-contrib"

@@ -53,7 +53,7 @@ def job_env() -> dict:
 
 
 def run_d3rlpy(py: Path, ds: str, seed: int, a, out: Path) -> dict:
-    from rl_seq.engine import eval_seed
+    from rl_seq.config import eval_seed
 
     evals = out.with_suffix(".evals.jsonl")
     evals.unlink(missing_ok=True)
@@ -182,12 +182,12 @@ def rl_seq_speed(ks=(20, 100)) -> dict:
             agent.learn(data, steps=12)
             out["train_step_s"] = (time.perf_counter() - t0) / 12
         for mode in ("cached", "window"):
-            agent.config.acting = mode
             obs, state = np.zeros((1, 11), np.float32), None
 
-            def act(agent=agent, obs=obs):
+            def act(agent=agent, obs=obs, mode=mode):
                 nonlocal state
-                _, state = agent.predict(obs, state, np.array([state is None]), rewards=np.zeros(1))
+                _, state = agent.predict(obs, state, np.array([state is None]), rewards=np.zeros(1),
+                                         acting=None if state is not None else {"mode": mode})
 
             for _ in range(K):  # fill the history first: the cost at t >= K is the one that matters
                 act()

@@ -12,7 +12,7 @@ import torch
 
 import rl_seq
 from rl_seq.agents import decision
-from rl_seq.engine import world
+from rl_seq.distributed import world
 
 B, SEED = 4, 0
 CONFIG = dict(seed=SEED, lr=1e-3, warmup_steps=1, eval_episodes=0, log_every=1, threads=1, context=5,

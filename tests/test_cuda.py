@@ -71,13 +71,24 @@ TINY = dict(backbone=dict(d_model=32, n_layers=2), batch_size=32, warmup_steps=1
 
 
 @pytest.mark.parametrize("algo", ["dt", "dc", "ds4", "lram", "qt", "odt"])
-def test_offline_agents_train_act_save_load_on_cuda(algo, tmp_path):
+def test_offline_agents_train_act_save_load_on_cuda(algo, tmp_path, monkeypatch):
     """The GPU defaults (amp and compile ``auto``: bf16 autocast and torch.compile) train every
-    offline family; the agent acts on the GPU and loads back with identical actions."""
+    offline family: the model is compiled once, its linear layers run in bfloat16, its weights
+    move; the agent acts on the GPU and loads back with identical actions."""
+    compiled, real_compile = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append(m) or real_compile(m, **kw))
     agent = rl_seq.make_agent(algo, dataset=DATA, seed=0, lr=1e-3, **TINY)
     assert agent.device.type == "cuda"
+    dtypes: set = set()
+    for m in agent.model.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.register_forward_hook(lambda _m, _i, o: dtypes.add(o.dtype))
+    before = torch.cat([p.detach().flatten().clone() for p in agent.model.parameters()])
     out = agent.learn(DATA, steps=20, out=tmp_path / "run")
-    assert np.isfinite(out["train"]["loss"]) and out["last"]["episodes"] == 4
+    after = torch.cat([p.detach().flatten() for p in agent.model.parameters()])
+    assert compiled == [agent.model] and torch.bfloat16 in dtypes
+    assert np.isfinite(out["train"]["loss"]) and out["train"]["grad_norm"] > 0 and not torch.equal(before, after)
+    assert out["last"]["episodes"] == 4
     loaded = rl_seq.load_agent(tmp_path / "run" / "model")
     env = agent.make_env(n=2)
     obs, _ = env.reset(seed=3)
@@ -107,5 +118,8 @@ def test_cuda_training_matches_cpu_in_float32():
 def test_ppo_agents_train_and_act_on_cuda(algo):
     agent = rl_seq.make_agent(algo, "rl_seq/TMaze-v0", env_kwargs=dict(corridor_length=3), n_envs=2, n_steps=64,
                               seq_len=32, n_minibatches=2, n_epochs=1, eval_every=0, eval_episodes=2, device="cuda")
+    before = torch.cat([p.detach().flatten().clone() for p in agent.model.parameters()])
     out = agent.learn("rl_seq/TMaze-v0", steps=256)
+    after = torch.cat([p.detach().flatten() for p in agent.model.parameters()])
     assert out["last"]["episodes"] == 2 and np.isfinite(out["train"]["pg_loss"])
+    assert out["train"]["grad_norm"] > 0 and not torch.equal(before, after)  # PPO's updates reached the GPU model

@@ -45,6 +45,8 @@ def test_save_load_gives_identical_actions(trained, tmp_path):
 
 
 def test_cached_acting_equals_window_recompute_while_history_fits(trained):
+    """Both acting modes run (the window mode keeps a K-step history, the cached one a
+    backbone state) and give the same actions while the history fits in K steps."""
     K = trained.config.context
     env = trained.make_env(n=4)
     obs, _ = env.reset(seed=1)
@@ -53,12 +55,13 @@ def test_cached_acting_equals_window_recompute_while_history_fits(trained):
     for t in range(K):
         acts = {}
         for mode in states:
-            trained.config.acting = mode
-            acts[mode], states[mode] = trained.predict(obs, states[mode], start, rewards=rewards)
+            acting = {"mode": mode} if states[mode] is None else None
+            acts[mode], states[mode] = trained.predict(obs, states[mode], start, rewards=rewards, acting=acting)
         assert np.abs(acts["cached"] - acts["window"]).max() < 1e-5, t
         obs, rewards, *_ = env.step(acts["cached"])
         start = np.zeros(4, bool)
-    trained.config.acting = "cached"
+    assert states["window"].history is not None and states["window"].backbone is None
+    assert states["cached"].backbone is not None and states["cached"].history is None
 
 
 def test_cached_acting_equals_the_model_on_the_whole_history_past_k(trained):
@@ -79,7 +82,8 @@ def test_cached_acting_equals_the_model_on_the_whole_history_past_k(trained):
             first = torch.zeros(n, t + 1, dtype=torch.bool)
             first[:, 0] = True
             with torch.no_grad():
-                full = trained.model.eval()(trained.model.fields(f["obs"], f["act"], f["rtg"], f["timestep"]), first)
+                h = trained.model.eval()(trained.model.fields(f["obs"], f["act"], f["rtg"], f["timestep"]), first)
+                full = trained.model.action_outputs(h)
             assert torch.allclose(full[:, t], torch.as_tensor(act), atol=1e-5), t
         obs, rewards, *_ = env.step(act)
         start = np.zeros(n, bool)
@@ -137,7 +141,8 @@ def test_discrete_actions_learn_with_cross_entropy():
     agent = rl_seq.make_agent("dt", dataset=data, lr=1e-3, **{**TINY, "eval_episodes": 0})
     agent.learn(data, steps=150)
     b = {k: torch.as_tensor(v) for k, v in __import__("rl_seq").data.SegmentSampler(data, 10).sample(64).items()}
-    logits = agent.model(agent.model.fields(b["obs"], b["act"], b["rtg"], b["timestep"]), b["episode_start"])
+    h = agent.model(agent.model.fields(b["obs"], b["act"], b["rtg"], b["timestep"]), b["episode_start"])
+    logits = agent.model.action_outputs(h)
     acc = ((logits.argmax(-1) == b["act"]).float() * b["mask"]).sum() / b["mask"].sum()
     assert acc > 0.9
 

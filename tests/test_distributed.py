@@ -49,7 +49,7 @@ def test_torchrun_writes_one_complete_run_folder_and_resumes(tmp_path):
             "--set", "eval_every=10", "--set", "checkpoint_every=10", "--set", "log_every=5"]
     res = torchrun(*[a if a != "20" else "10" for a in argv])
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.count("run folder:") == 1  # rank 0 reports
+    assert res.stdout.count("run: ") == 1  # rank 0 reports
     ck = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert ck["step"] == 10 and len(ck["ranks"]) == 2
     assert ck["ranks"][0]["sampler"] != ck["ranks"][1]["sampler"]  # each rank its own stream

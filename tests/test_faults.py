@@ -118,7 +118,7 @@ def test_target_return_on_a_q_transformer_is_refused(tmp_path, capsys):
     out = tmp_path / "qt"
     assert main(["train", "qt", "--dataset", DATA, "--steps", "3", "--out", str(out), *TINY]) == 0
     assert main(["eval", str(out), "--target-return", "10"]) == 2
-    assert "return-conditioned" in capsys.readouterr().err
+    assert "'target_return' is not an acting setting of qt" in capsys.readouterr().err
 
 
 def test_nan_observation_is_refused_and_leaves_the_state_as_it_was(dt_run):
@@ -259,7 +259,7 @@ CATALOGUE = [
     ("wrong-type", ["train", "dt", "--dataset", DATA, "--set", "steps=abc"], "steps must be int"),
     ("zero-steps", ["train", "dt", "--dataset", DATA, "--steps", "0"], "steps must be >= 1"),
     ("override-without-value", ["train", "dt", "--dataset", DATA, "--set", "lr"], "must look like key=value"),
-    ("bad-device", ["train", "dt", "--dataset", DATA, "--set", "device=tpu"], "device must be auto, cpu or cuda"),
+    ("bad-device", ["train", "dt", "--dataset", DATA, "--set", "device=tpu"], "device must be one of auto, cpu, cuda"),
     ("segment-below-context", ["train", "dt", "--dataset", DATA, "--set", "segment=3", "--set", "context=5"],
      "segment must be >= context"),
     ("online-without-env", ["train", "lstm"], "give --env ENV_ID"),
@@ -267,16 +267,78 @@ CATALOGUE = [
     ("ppo-seq-len", [*LSTM, "--set", "seq_len=30"], "seq_len=30 must divide n_steps=128"),
     ("ppo-minibatches-of-a-small-rollout", [*LSTM, "--set", "n_envs=2", "--set", "n_steps=64"],
      "must divide the rollout's 2 sequences (n_envs·n_steps/seq_len = 2·64/64): --set n_minibatches=2"),
-    ("ppo-vectorization", [*LSTM, "--set", "vectorization=threads"], "vectorization must be sync or async"),
-    ("ppo-critic", [*LSTM, "--set", "critic=both"], "critic must be shared or separate"),
+    ("ppo-vectorization", [*LSTM, "--set", "vectorization=threads"], "vectorization must be one of sync, async"),
+    ("ppo-critic", [*LSTM, "--set", "critic=both"], "critic must be one of shared, separate"),
     ("popgym-id-without-module", ["train", "lstm", "--env", "popgym-RepeatPreviousEasy-v0"],
-     "--env popgym:popgym-..."),
+     "--env popgym:popgym-RepeatPreviousEasy-v0"),
     ("init-is-odt-only", ["train", "ds4", "--init", "runs/x", "--env", "Hopper-v5"], "rl-seq train odt --init runs/x"),
     ("dataset-info-unknown", ["datasets", "info", "nosuch/x-v0"], "rl-seq datasets download nosuch/x-v0"),
     ("dataset-make-unknown-env", ["datasets", "make", "NoSuch-v0", "--name", "t/x"], "NoSuch"),
     ("plot-not-a-run", ["plot", "nosuch-run"], "is it a run folder?"),
     ("eval-not-a-run", ["eval", "nosuch-run"], "holds no saved agent"),
+    # the cases issue #37 listed, each with its neighbours
+    ("no-layers", ["train", "dt", "--dataset", DATA, "--set", "backbone.n_layers=0"], "backbone.n_layers must be >= 1"),
+    ("no-envs", [*LSTM, "--set", "n_envs=0"], "n_envs must be >= 1"),
+    ("empty-batch", ["train", "dt", "--dataset", DATA, "--set", "batch_size=0"], "batch_size must be >= 1"),
+    ("negative-lr", ["train", "dt", "--dataset", DATA, "--set", "lr=-1"], "lr must be > 0, got -1.0"),
+    ("misspelt-builtin-dataset", ["train", "dt", "--dataset", "rl_seq/pointgoal/medim-v0"],
+     "did you mean 'rl_seq/pointgoal/medium-v0'?"),
+    ("misspelt-env", ["train", "lstm", "--env", "CartPol-v1"], "did you mean CartPole-v1"),
+    ("misspelt-env-offline-eval", ["train", "dt", "--dataset", DATA, "--env", "rl_seq/PointGoal-v9"],
+     "did you mean rl_seq/PointGoal-v0"),
+    ("cuda-on-a-cpu-build", ["train", "dt", "--dataset", DATA, "--set", "device=cuda"], "--set device=cpu"),
+    ("cuda-online", [*LSTM, "--set", "device=cuda"], "--set device=cpu"),
+    ("tensorboard-not-a-bool", ["train", "dt", "--dataset", DATA, "--set", "tensorboard=maybe"],
+     "tensorboard must be bool"),
 ]
+# every range of every config field, one step outside it (the value next to the valid ones)
+RANGES = [
+    (algo, key, value, needle) for algo, cases in {
+        "dt": [("seed", -1, "seed must be >= 0"), ("eval_every", -1, "eval_every must be >= 0"),
+               ("eval_episodes", -1, "eval_episodes must be >= 0"), ("log_every", 0, "log_every must be >= 1"),
+               ("checkpoint_every", -1, "checkpoint_every must be >= 0"), ("threads", -1, "threads must be >= 0"),
+               ("lr", 0, "lr must be > 0"), ("lr", ".nan", "lr must be a finite number"),
+               ("lr", ".inf", "lr must be a finite number"), ("weight_decay", -0.1, "weight_decay must be >= 0"),
+               ("max_timestep", 0, "max_timestep must be >= 1"), ("context", 0, "context must be >= 1"),
+               ("warmup_steps", -1, "warmup_steps must be >= 0"), ("grad_clip", 0, "grad_clip must be > 0"),
+               ("return_scale", 0, "return_scale must be > 0"), ("short_episodes", "cut", "short_episodes must be one"),
+               ("acting", "fast", "acting must be one of cached, window"), ("amp", "fp16", "amp must be one of"),
+               ("compile", "maybe", "compile must be one of"), ("ref_min_score", 5, None),
+               ("backbone.d_model", 0, "d_model must be >= 1"), ("backbone.n_heads", 0, "n_heads must be >= 1"),
+               ("backbone.n_heads", 3, "not divisible by n_heads=3"),
+               ("backbone.mlp_ratio", 0, "mlp_ratio must be >= 1"),
+               ("backbone.dropout", 1.0, "dropout must be in [0, 1)"), ("backbone.dropout", -0.1, "dropout must be in"),
+               ("backbone.activation", "tanh", "activation must be one of gelu, relu"),
+               ("backbone.block", "gru", "block must be one of pre_ln, gtrxl"),
+               ("backbone.init", "xavier", "init must be one of torch, gpt2"),
+               ("backbone.backend", "triton", "backend must be one of torch, reference, accelerated"),
+               ("backbone.n_layers", -1, "n_layers must be >= 1"), ("batch_size", -8, "batch_size must be >= 1")],
+        "qt": [("n_bins", 1, "n_bins must be >= 2"), ("n_step", 0, "n_step must be >= 1"),
+               ("gamma", 1, "gamma must be in (0, 1)"), ("gamma", 0, "gamma must be in (0, 1)"),
+               ("tau", 0, "tau must be in (0, 1]"), ("tau", 1.5, "tau must be in (0, 1]"),
+               ("support", -0.1, "support must be in [0, 1]"), ("support", 1.1, "support must be in [0, 1]"),
+               ("temperature", 0, "temperature must be > 0"), ("conservative_weight", -1, "must be >= 0"),
+               ("heads", "all", "heads must be one of"), ("decode", "best", "decode must be one of"),
+               ("reward_floor", "one", "reward_floor must be one of"), ("context", 0, "context must be >= 1")],
+        "odt": [("online_steps", -1, "online_steps must be >= 0"), ("buffer_size", 0, "buffer_size must be >= 1"),
+                ("updates_per_trajectory", -1, "must be >= 0"), ("online_target_scale", 0.5, "must be >= 1"),
+                ("init_temperature", 0, "init_temperature must be > 0"), ("temperature_lr", 0, "must be > 0"),
+                ("online_batch_size", 0, "online_batch_size must be >= 1")],
+        "lstm": [("n_steps", 0, "n_steps must be >= 1"), ("seq_len", 0, "seq_len must be >= 1"),
+                 ("n_epochs", 0, "n_epochs must be >= 1"), ("n_minibatches", 0, "n_minibatches=0 must divide"),
+                 ("lr", 0, "lr must be > 0"), ("gamma", 0, "gamma must be in (0, 1]"),
+                 ("gamma", 1.5, "gamma must be in (0, 1]"), ("gae_lambda", 1.5, "gae_lambda must be in [0, 1]"),
+                 ("clip_coef", 0, "clip_coef must be > 0"), ("vf_coef", -1, "vf_coef must be >= 0"),
+                 ("ent_coef", -0.01, "ent_coef must be >= 0"), ("max_grad_norm", 0, "max_grad_norm must be > 0"),
+                 ("target_kl", 0, "target_kl must be > 0"), ("max_timestep", -1, "max_timestep must be >= 0"),
+                 ("start_states", "fresh", "start_states must be one of"), ("layout", "obs,prev_act", "one token")],
+    }.items() for key, value, needle in cases]
+SOURCE = {"dt": ["--dataset", DATA], "qt": ["--dataset", DATA], "odt": ["--dataset", DATA],
+          "lstm": ["--env", "CartPole-v1"]}
+REF_ORDER = "ref_min_score (5.0) must be below ref_max_score (1.0)"
+CATALOGUE += [(f"{algo}-{key}={value}", ["train", algo, *SOURCE[algo], "--set", f"{key}={value}",
+                                         *(["--set", "ref_max_score=1"] if key == "ref_min_score" else [])],
+               needle or REF_ORDER) for algo, key, value, needle in RANGES]
 
 
 @pytest.mark.parametrize("argv,needle", [c[1:] for c in CATALOGUE], ids=[c[0] for c in CATALOGUE])
@@ -284,7 +346,7 @@ def test_user_errors_exit_2_with_the_fix_and_write_nothing(argv, needle, tmp_pat
     monkeypatch.chdir(tmp_path)  # relative paths (runs/..., plots) land here
     assert main([*argv, *(["--out", "r"] if argv[0] == "train" else [])]) == 2
     err = capsys.readouterr().err
-    assert needle in err and "Traceback" not in err
+    assert needle in err and "Traceback" not in err and err.count("error:") == 1
     assert list(tmp_path.iterdir()) == []  # no run folder, no half-made file
 
 
@@ -315,13 +377,15 @@ def qt_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--acting", "window"], "--acting applies to return-conditioned agents, not qt"),
+    (["--acting", "window"], "'mode' is not an acting setting of qt"),
     (["--env", "CartPole-v1"], "does not match the agent's"),
     (["--env", "NoSuch-v0"], "NoSuch"),
-    (["--set", "n_bins=16"], "--set n_bins: training fixed it; after training qt can change only its acting "
-                             "settings (decode, temperature, support)"),
+    (["--set", "n_bins=16"], "'n_bins' is not an acting setting of qt; its acting settings are decode, "
+                             "temperature, support (the rest was fixed by training"),
     (["--set", "decode=soft"], "needs the behaviour head, which this model was not trained with"),
-    (["--set", "temperature=0"], "temperature must be > 0"),
+    (["--set", "temperature=0"], "temperature must be a finite number > 0"),
+    (["--set", "support=2"], "support must be in [0, 1]"),
+    (["--set", "decode=best"], "decode must be 'greedy' or 'soft'"),
 ])
 def test_bad_eval_of_a_q_transformer(qt_run, argv, needle, capsys):
     before = (qt_run / "eval.json").read_text()
@@ -331,16 +395,24 @@ def test_bad_eval_of_a_q_transformer(qt_run, argv, needle, capsys):
 
 
 def test_eval_sets_acting_settings_of_a_q_transformer(tmp_path, capsys):
-    """``rl-seq eval --set`` changes how a trained qt acts (here from the soft decoding it was
-    trained with to greedy) without touching the saved run."""
+    """``rl-seq eval --set`` changes how a trained qt acts (from the soft decoding it was trained
+    with to greedy, and to a behaviour-support constraint) without touching the saved run: the
+    same seeds give other returns, and the defaults give the same returns again."""
     out = tmp_path / "run"
-    assert main(["train", "qt", "--dataset", DATA, "--steps", "3", "--out", str(out), *TINY,
+    assert main(["train", "qt", "--dataset", DATA, "--steps", "20", "--out", str(out), *TINY,
                  "--set", "decode=soft"]) == 0
-    capsys.readouterr()
-    config = (out / "model" / "config.yaml").read_text()
-    assert main(["eval", str(out), "--episodes", "2", "--set", "decode=greedy", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["episodes"] == 2
-    assert (out / "model" / "config.yaml").read_text() == config
+    config, report = (out / "model" / "config.yaml").read_text(), (out / "eval.json").read_text()
+
+    def returns(*argv):
+        capsys.readouterr()
+        assert main(["eval", str(out), "--episodes", "3", *argv, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)["returns"]
+
+    soft = returns()
+    assert returns("--set", "decode=greedy") != soft
+    assert returns("--set", "support=0.3", "--set", "decode=greedy") != returns("--set", "decode=greedy")
+    assert returns() == soft
+    assert (out / "model" / "config.yaml").read_text() == config and (out / "eval.json").read_text() == report
 
 
 def test_online_dt_from_a_q_transformer_is_refused(qt_run, tmp_path, capsys):
@@ -353,23 +425,40 @@ def test_online_dt_from_a_q_transformer_is_refused(qt_run, tmp_path, capsys):
     ("truncate-weights", "is corrupt or truncated"),
     ("unknown-algo", "names algorithm 'dt9', which this rl_seq does not have"),
     ("garbage-config", "is not a saved agent's config"),
+    ("config-more-layers", "missing from the weights: backbone.blocks.1."),
+    ("config-wider", "shapes differ (saved vs model): "),
+    ("older-layout", "not in the model: backbone.old_name"),
+    ("bad-value-in-config", "lr must be > 0"),
 ])
 def test_a_damaged_saved_agent_is_reported(dt_run, tmp_path, damage, needle, capsys):
+    """A saved agent whose files are damaged, whose config no longer matches its weights, or
+    whose weights come from another layout: one message naming what differs, and the fix."""
     import shutil
+
+    from safetensors.torch import save_file
 
     model = tmp_path / "model"
     shutil.copytree(dt_run / "model", model)
+    cfg, w = model / "config.yaml", model / "model.safetensors"
     if damage == "truncate-weights":
-        w = model / "model.safetensors"
         w.write_bytes(w.read_bytes()[:100])
     elif damage == "unknown-algo":
-        cfg = model / "config.yaml"
         cfg.write_text(cfg.read_text().replace("algo: dt", "algo: dt9", 1))
+    elif damage == "config-more-layers":
+        cfg.write_text(cfg.read_text().replace("n_layers: 1", "n_layers: 2", 1))
+    elif damage == "config-wider":
+        cfg.write_text(cfg.read_text().replace("d_model: 16", "d_model: 32", 1))
+    elif damage == "older-layout":
+        state = load_file(str(w))
+        state["backbone.old_name"] = state.pop(next(iter(state)))
+        save_file(state, str(w))
+    elif damage == "bad-value-in-config":
+        cfg.write_text(cfg.read_text().replace("lr: 0.0001", "lr: -1", 1))
     else:
-        (model / "config.yaml").write_text("just: text\n")
+        cfg.write_text("just: text\n")
     assert main(["eval", str(model)]) == 2
     err = capsys.readouterr().err
-    assert needle in err and "Traceback" not in err
+    assert needle in err and "Traceback" not in err and err.count("error:") == 1
 
 
 def test_a_truncated_checkpoint_on_resume_is_reported_and_kept(tmp_path, capsys):
@@ -403,14 +492,18 @@ def test_debug_shows_the_traceback(tmp_path):
      "wrap the env first"),
     (lambda a: a.evaluate(__import__("gymnasium").make("CartPole-v1"), episodes=1), "does not match the agent's"),
     (lambda a: a.evaluate(episodes=2, target_return=float("nan")), "finite number"),
-    (lambda a: a.evaluate(episodes=1, acting="fast"), "acting must be 'cached' or 'window'"),
+    (lambda a: a.evaluate(episodes=1, mode="fast"), "acting mode must be 'cached' or 'window'"),
+    (lambda a: a.evaluate(episodes=1, acting="window"), "acting settings must be a dict"),
+    (lambda a: a.evaluate(episodes=1, decode="soft"), "'decode' is not an acting setting of dt"),
+    (lambda a: a.predict(np.zeros(4, np.float32), a.predict(np.zeros(4, np.float32))[1], acting={"mode": "window"}),
+     "pass them with state=None"),
 ])
 def test_bad_api_input_is_a_clear_error_and_changes_nothing(dt_run, call, needle):
     agent = rl_seq.load_agent(dt_run)
-    meta = dict(agent.meta)
+    meta, config = dict(agent.meta), agent.config
     with pytest.raises(ValueError, match=needle):
         call(agent)
-    assert agent.meta == meta and agent.acting == agent.config.acting
+    assert agent.meta == meta and agent.config == config
 
 
 def test_an_agent_built_directly_saves_a_loadable_name(tmp_path):

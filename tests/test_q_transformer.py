@@ -56,7 +56,7 @@ def test_targets_max_only_over_allowed_bins():
 def test_support_keeps_bins_within_tau_of_the_most_likely():
     agent = rl_seq.make_agent("qt", SPACES, **{**QT, "support": 0.3})
     probs = torch.tensor([[0.5, 0.2, 0.14, 0.16]])
-    assert agent.model.in_support(probs.log() + 7.0).tolist() == [[True, True, False, True]]
+    assert agent.model.in_support(probs.log() + 7.0, 0.3).tolist() == [[True, True, False, True]]
     assert rl_seq.make_agent("qt", SPACES, **{**QT, "support": 0.0}).model.behaviour is None
 
 
@@ -144,7 +144,7 @@ def test_qt_greedy_decoding_matches_the_parallel_q(options):
     with torch.no_grad():
         q, logits = agent.model(fields, episode_start)  # [2, T, d, nb]
     if logits is not None:
-        q = q.masked_fill(~agent.model.in_support(logits), -1.0)
+        q = q.masked_fill(~agent.model.in_support(logits, agent.config.support), -1.0)
     bins = agent.model.backbone.tokenizer.discretiser.encode(fields["act"])
     assert torch.equal(q.argmax(-1), bins)
 
@@ -159,11 +159,9 @@ def test_soft_decoding_spans_behaviour_mean_to_greedy():
     with torch.no_grad():
         probs = torch.softmax(agent.model.behaviour(h, 1), -1)
         q = agent.model.head(h, 1)
-        agent.config.temperature = 1e6
-        mean = agent._decode_dim(h, 1, deterministic=True)
-        agent.config.temperature = 1e-9
-        sharp = agent._decode_dim(h, 1, deterministic=True)
-        sampled = agent._decode_dim(h, 1, deterministic=False)
+        mean = agent._decode_dim(h, 1, True, agent.acting_settings(temperature=1e6))
+        sharp = agent._decode_dim(h, 1, True, agent.acting_settings(temperature=1e-9))
+        sampled = agent._decode_dim(h, 1, False, agent.acting_settings(temperature=1e-9))
     assert torch.allclose(mean, probs @ centres, atol=1e-5)
     assert torch.allclose(sharp, centres[q.argmax(-1)], atol=1e-5)
     assert torch.allclose(sampled, centres[q.argmax(-1)], atol=1e-5)  # all the mass on one bin

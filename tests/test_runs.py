@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -132,10 +133,14 @@ def test_help_texts(capsys):
 
 def test_bench_train_times_the_chosen_algorithms(tmp_path):
     out = tmp_path / "bench.json"
+    t0 = time.perf_counter()
     assert main(["bench", "train", "--quick", "--algos", "dt", "qt", "--threads", "1", "--compile", "off",
                  "--json", str(out)]) == 0
+    elapsed = time.perf_counter() - t0
     res = json.loads(out.read_text())
     assert {k for k in res if "@" in k} == {"dt@1", "qt@1"}
     for algo in ("dt", "qt"):
         r = res[f"{algo}@1"]
-        assert r["compile"] == "off" and r["train_step_s"] > 0 and r["act_ms_per_step"] > 0
+        # --quick times 3 training steps and 50 acting steps per algorithm, all inside the wall time
+        assert r["compile"] == "off" and 0 < 3 * r["train_step_s"] < elapsed
+        assert 0 < 50 * r["act_ms_per_step"] / 1e3 < elapsed

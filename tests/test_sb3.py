@@ -105,10 +105,15 @@ def test_history_extractor_with_each_sb3_algorithm(algo, env_id):
     extra = dict(n_steps=64, batch_size=64) if algo == "PPO" else {}
     extra.update(dict(learning_starts=100, buffer_size=1000, batch_size=32) if algo in ("DQN", "SAC", "TD3") else {})
     model = getattr(sb3, algo)("MlpPolicy", venv, policy_kwargs=kwargs, seed=0, **extra)
+    extractors = [m for m in model.policy.modules() if isinstance(m, RlSeqHistoryExtractor)]
+    before = [torch.cat([p.detach().flatten().clone() for p in e.parameters()]) for e in extractors]
     model.learn(200)
     obs = venv.reset()
     action, _ = model.predict(obs)
     assert venv.action_space.contains(action[0])
+    # the sequence model is the policy's features extractor, and SB3's updates trained it
+    assert extractors and all(not torch.equal(b, torch.cat([p.detach().flatten() for p in e.parameters()]))
+                              for b, e in zip(before, extractors))
     with pytest.raises(ValueError, match="VecFrameStack"):
         RlSeqHistoryExtractor(gym.spaces.Box(-1, 1, (10,)), n_stack=4)
 

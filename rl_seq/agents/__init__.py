@@ -11,8 +11,8 @@ from rl_seq.agents.decision import DecisionAgent, DecisionConfig
 from rl_seq.agents.odt import ODTAgent, ODTConfig
 from rl_seq.agents.ppo import PPOAgent, PPOConfig
 from rl_seq.agents.q_transformer import QTAgent, QTConfig
-from rl_seq.config import load_config, merge
-from rl_seq.kernels import mixer_options
+from rl_seq.config import build, merge, read_layers, to_dict
+from rl_seq.kernels import MIXERS, mixer_options
 
 # name -> (agent class, preset over the config defaults, one-line description)
 PRESETS: dict[str, tuple[type[Agent], dict, str]] = {
@@ -33,19 +33,16 @@ PRESETS: dict[str, tuple[type[Agent], dict, str]] = {
     "gtrxl": (PPOAgent, dict(backbone=dict(mixer="xl_attention", block="gtrxl", d_model=64, n_layers=2, n_heads=4,
                                             mixer_options=dict(memory=64))),
               "GTrXL: recurrent PPO, Transformer-XL attention with memory, GRU-gated blocks"),
-    # relit: gate biases start at -1 (each step keeps ~73% of the memory, not 50%), like an LSTM
-    # forget-gate bias. RecurrentPPO on T-Maze-20: at chance after 50k steps with 0 (the paper),
-    # solved at 60k with -1; -3 also solves it but writes so weakly that T-Maze-3 stalls. conv=4: a
-    # 4-tap input convolution and a value skip (Mamba's layout); the gated, normalised read-out
-    # gives back one recent token only with both gates saturated; without conv RepeatPrevious (k=4) stayed
-    # near chance (docs/results.md)
+    # relit: gate biases start at -1 (each step keeps ~73% of the memory, not 50%), like an LSTM's
+    # forget-gate bias, so early in training the memory holds a cue across a corridor; conv=4: a
+    # 4-tap input convolution and a value skip (Mamba's layout), because the gated, normalised
+    # read-out alone returns a recent token only with both gates saturated
     "relit": (PPOAgent, dict(backbone=dict(mixer="agalite", block="gtrxl", d_model=64, n_layers=2, n_heads=4,
                                             mixer_options=dict(eta=4, r=4, gate_bias=-1.0, conv=4))),
               "recurrent linear transformer (AGaLiTe; --backbone linear for GaLiTe): recurrent PPO"),
-    # lstm: backpropagation through 64 steps (popgym episodes are about 50), GAE lambda 0.8 and
-    # rewards scaled by the running std of the return. popgym CountRecallEasy, 100k steps, seeds
-    # 0/1/2: -0.633/-0.610/-0.625, against -0.698/-0.714/-0.747 with seq_len 64 alone, about -0.70
-    # with either of the other two alone (docs/results.md)
+    # lstm: backpropagation through 64 steps (popgym episodes are about 50), GAE lambda 0.8 (less
+    # variance from the later, unrelated steps of memory tasks) and rewards scaled by the running
+    # std of the return
     "lstm": (PPOAgent, dict(backbone=dict(mixer="lstm", d_model=128, n_layers=1), seq_len=64, gae_lambda=0.8,
                             norm_reward=True),
              "LSTM baseline: recurrent PPO"),
@@ -59,20 +56,17 @@ def config_for(name: str, path=None, overrides: list[str] | None = None, **field
     if name not in PRESETS:
         raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(PRESETS)}")
     cls, preset, _ = PRESETS[name]
-    base = merge(preset, fields)
-    cfg = load_config(cls.config_class, path, overrides, base=base, expected_algo=name)
+    user = merge(fields, read_layers(path, overrides, expected_algo=name))
     pb = preset.get("backbone", {})
-    ours = pb.get("mixer_options", {})
-    if cfg.backbone.mixer != pb.get("mixer"):
+    mixer = user.get("backbone", {}).get("mixer", pb.get("mixer")) if isinstance(user.get("backbone"), dict) else None
+    if mixer != pb.get("mixer") and mixer in MIXERS:
         # a swapped mixer keeps only the preset mixer's options it accepts (relit --backbone
         # linear keeps eta and gate_bias, drops r), beside any the caller set (odt --init from a
-        # ds4 run with state_size): the config is built again from the filtered preset
-        accepted = mixer_options(cfg.backbone.mixer)
-        kept = {k: v for k, v in ours.items() if k in accepted}
-        if kept != ours:
-            preset = {**preset, "backbone": {**pb, "mixer_options": kept}}
-            cfg = load_config(cls.config_class, path, overrides, base=merge(preset, fields), expected_algo=name)
-    return cfg
+        # ds4 run with state_size)
+        accepted = mixer_options(mixer)
+        kept = {k: v for k, v in pb.get("mixer_options", {}).items() if k in accepted}
+        preset = {**preset, "backbone": {**pb, "mixer_options": kept}}
+    return build(cls.config_class, merge(merge(to_dict(cls.config_class()), preset), user))
 
 
 def make_agent(name: str, env_or_spaces: Any = None, *, dataset: Any = None,

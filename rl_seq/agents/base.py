@@ -3,11 +3,13 @@ its input checks, ``evaluate``, ``save`` / ``load``) and what offline agents tak
 data. Training itself runs on :mod:`rl_seq.engine`.
 
 An algorithm subclasses :class:`Agent` once (two levels at most) and supplies ``_build``
-(the model), ``_act`` (one acting step) and ``_work`` (its training iteration for the engine).
+(the model), ``_act`` (one acting step) and the engine's protocol: ``prepare`` (its
+samplers, optimisers, envs), ``collect`` (one iteration's batches) and ``loss``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -23,9 +25,11 @@ import yaml
 from minari.serialization import deserialize_space, serialize_space
 from safetensors.torch import load_file, save_file
 
-from rl_seq.config import OfflineConfig, TrainConfig, build, to_dict
-from rl_seq.data.episodes import Episodes, flat_observation_space, spaces_match
-from rl_seq.engine import Work
+from rl_seq import engine
+from rl_seq.config import EVAL_SEED, ConfigError, OfflineConfig, TrainConfig, build, to_dict
+from rl_seq.data.episodes import Episodes, flat_observation_space, normalized_score, spaces_match
+from rl_seq.distributed import distributed
+from rl_seq.engine import Collected, Plan
 from rl_seq.runs import seed_everything
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,7 @@ class Agent:
     algo: str = ""
     config_class: type = TrainConfig
     online: bool = False  # trained in an env (learn(env=...)) rather than on a dataset
+    progress_metrics: tuple[str, ...] | None = None  # shown in the progress bar (None: all)
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space,
                  config: Any = None, meta: dict | None = None, algo: str | None = None, **overrides) -> None:
@@ -84,9 +89,8 @@ class Agent:
         self.observation_space = flat_observation_space(observation_space)
         self.action_space = action_space
         self.meta = dict(meta or {})
-        d = config.device
-        self.device = torch.device("cuda" if d == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if d == "auto" else d))
+        self.train_env = None  # an env training opened (online agents), closed by close()
+        self.device = engine.check_device(config)
         if config.threads:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)  # as SB3: the seed fixes the initial weights too
@@ -96,36 +100,36 @@ class Agent:
     def _build(self) -> torch.nn.Module:
         raise NotImplementedError
 
-    # -- training precision and compilation (config ``amp``, ``compile``) ------------------
-    def autocast(self) -> torch.autocast:
-        """Context for training forward passes: bf16 autocast when ``amp`` asks for it
-        (``auto``: on CUDA only); the loss and the backward pass stay outside it."""
-        on = self.config.amp == "bf16" or (self.config.amp == "auto" and self.device.type == "cuda")
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
-
-    def training_model(self) -> torch.nn.Module:
-        """The model as training calls it: wrapped in ``DistributedDataParallel`` under
-        torchrun, ``torch.compile``'d when ``compile`` asks for it (``auto``: on CUDA only).
-        It shares the parameters of ``self.model``; acting and saving use ``self.model``."""
-        from rl_seq.engine import distributed
-
-        model, c = self.model, self.config.compile
-        if distributed():  # under torchrun: gradients all-reduced over the ranks
-            model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if c == "on" or (c == "auto" and self.device.type == "cuda"):
-            return torch.compile(model)
-        return model
-
-    def _act(self, obs: torch.Tensor, state: Any, episode_start: np.ndarray,
-             rewards: np.ndarray | None, deterministic: bool) -> tuple[np.ndarray, Any]:
-        """obs [n, *obs_shape] on the device -> actions [n, ...] (numpy), new state."""
+    def _act(self, obs: torch.Tensor, state: Any, episode_start: np.ndarray, rewards: np.ndarray | None,
+             deterministic: bool, acting: Any) -> tuple[np.ndarray, Any]:
+        """obs [n, *obs_shape] on the device -> actions [n, ...] (numpy), new state. ``acting``:
+        the checked acting settings of a new state (``state`` None), else None."""
         raise NotImplementedError
 
-    def _work(self, steps: int, dataset: Episodes | None, env: str | None) -> Work:
-        """The algorithm's training for the engine: ``steps`` in its unit, on ``dataset``
-        (offline; loaded, its env checked) or in ``env`` (online)."""
+    # -- training: the engine's Algorithm protocol (rl_seq.engine) ---------------------------
+    def prepare(self, steps: int, data: Episodes | None, env: str | None) -> Plan:
+        """Build what training needs (samplers, optimisers, envs) for ``steps`` in the
+        algorithm's unit, on ``data`` (offline; loaded, its env checked) or in ``env``
+        (online), and return the engine's plan."""
         raise NotImplementedError
+
+    def collect(self, step: int) -> Collected:
+        """One iteration's data, after ``step`` steps."""
+        raise NotImplementedError
+
+    def loss(self, model: Callable[..., Any], batch: Any) -> tuple[torch.Tensor, dict]:
+        """``batch`` -> (loss, metrics); ``model`` is ``self.model`` as training calls it
+        (under DDP / ``torch.compile`` / autocast: cast its outputs to float)."""
+        raise NotImplementedError
+
+    def after_update(self) -> None:
+        """After each optimiser step (target networks)."""
+
+    def close(self) -> None:
+        """Release what ``prepare`` opened (training envs)."""
+        if self.train_env is not None:
+            self.train_env.close()
+            self.train_env = None
 
     def setup_from_data(self, episodes: Episodes) -> None:
         """What every offline agent takes from its dataset: a space check, the eval env,
@@ -156,7 +160,6 @@ class Agent:
         checkpoint. ``options`` go to the algorithm (``odt``: ``online_steps``). Returns
         ``last``/``best`` evaluations (dicts), ``step``, ``train``
         (the last logged metrics), ``data`` (the dataset's summary) and ``run``."""
-        from rl_seq import engine
         from rl_seq.data import load_episodes
 
         if self.online:
@@ -166,6 +169,9 @@ class Agent:
                                  "(or train an offline algorithm on it: dt, dc, ds4, lram, qt)")
             if not isinstance(env, str):
                 raise TypeError(f"{self.algo} trains online: pass a Gymnasium env id, not {type(env).__name__}")
+            if distributed():
+                raise ValueError(f"{self.algo} trains online in one process; torchrun/DDP is for the offline "
+                                 "algorithms (run many online runs at once with `rl-seq sweep`)")
             data = None
         else:
             dataset = dataset if dataset is not None else source
@@ -175,19 +181,13 @@ class Agent:
             if env is not None:
                 with gym.make(env) as e:
                     data.check_spaces(e.observation_space, e.action_space)
-        owns_group = engine.init_distributed(self)
-        try:
-            if self.online and engine.distributed():
-                raise ValueError(f"{self.algo} trains online in one process; torchrun/DDP is for the offline "
-                                 "algorithms (run many online runs at once with `rl-seq sweep`)")
-            steps = self.config.steps if steps is None else steps
-            return engine.train(self, self._work(steps, data, env, **options), out, resume)
-        finally:
-            if owns_group:
-                torch.distributed.destroy_process_group()
+        steps = self.config.steps if steps is None else steps
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        return engine.train(self, steps, data, env, out, resume, **options)
 
     def _data_info(self, episodes: Episodes, env: str | None) -> dict:
-        """An offline run's ``Work.info``: its dataset, eval env and the data's summary row."""
+        """An offline run's ``Plan.info``: its dataset, eval env and the data's summary row."""
         if env is not None:  # evaluate in this env rather than the dataset's
             self.meta.update(env_id=env, env_kwargs={})
         s = episodes.summary()
@@ -196,12 +196,46 @@ class Agent:
         return dict(dataset=episodes.dataset_id, env=self.meta.get("env_id"), data=row)
 
     # -- SB3's predict contract ---------------------------------------------------------
+    # -- acting settings --------------------------------------------------------------------
+    def default_acting(self) -> Any:
+        """The agent's acting settings (an instance of ``acting_class``, from its config and
+        data), or None for an agent that has none."""
+        return None
+
+    def acting_settings(self, acting: Any = None, **fields) -> Any:
+        """The default acting settings with ``acting`` (a dict or an ``acting_class``) and
+        ``fields`` applied, checked. The built model and its config are not touched."""
+        if dataclasses.is_dataclass(acting):
+            acting = dataclasses.asdict(acting)
+        if acting is not None and not isinstance(acting, dict):
+            raise ValueError(f"acting settings must be a dict (e.g. {{'mode': 'window'}}) or the agent's acting "
+                             f"settings object, got {acting!r}")
+        given = dict(acting or {})
+        given.update({k: v for k, v in fields.items() if v is not None})
+        default = self.default_acting()
+        if default is None:
+            if given:
+                raise ValueError(f"{self.algo} has no acting settings (got {', '.join(given)})")
+            return None
+        names = [f.name for f in dataclasses.fields(default)]
+        unknown = [k for k in given if k not in names]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not an acting setting of {self.algo}; its acting settings are "
+                             f"{', '.join(names)} (the rest was fixed by training: train again to change it)")
+        return dataclasses.replace(default, **given)
+
     def predict(self, observation, state: Any = None, episode_start: np.ndarray | None = None,
-                deterministic: bool = True, rewards: np.ndarray | None = None):
+                deterministic: bool = True, rewards: np.ndarray | None = None, acting: Any = None):
         """Stable-Baselines3's ``predict``: observation [*obs_shape] or [n, *obs_shape];
         ``episode_start`` [n] (True on an episode's first observation); returns
         ``(actions, state)``. ``rewards`` [n], the rewards of the previous step, is for
-        return-conditioned agents (see :meth:`wrap_env` for loops that cannot pass it)."""
+        return-conditioned agents (see :meth:`wrap_env` for loops that cannot pass it).
+        ``acting`` (a dict or the agent's acting settings, :meth:`acting_settings`) starts a new
+        acting state (``state=None``), which keeps them."""
+        if acting is not None and state is not None:
+            raise ValueError("acting settings start a new acting state: pass them with state=None (the state "
+                             "keeps them)")
+        settings = self.acting_settings(acting) if state is None else None
         obs = np.asarray(observation)
         shape = self.observation_space.shape
         single = obs.shape == shape
@@ -230,7 +264,7 @@ class Agent:
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
-            actions, state = self._act(x, state, episode_start, rewards, deterministic)
+            actions, state = self._act(x, state, episode_start, rewards, deterministic, settings)
         self.model.train(was_training)
         return (actions[0] if single else actions), state
 
@@ -256,14 +290,19 @@ class Agent:
                                  "evaluate in the env the agent was trained for")
 
     def evaluate(self, env: str | gym.Env | gym.vector.VectorEnv | None = None, episodes: int = 10,
-                 seed: int = 10_000, deterministic: bool = True) -> EvalResult:
+                 seed: int = EVAL_SEED, deterministic: bool = True, acting: Any = None,
+                 **acting_fields) -> EvalResult:
         """Run ``episodes`` episodes, episode i from env seed ``seed + i``, and return their
         returns, lengths, normalised score and wall time. ``env``: an env id (default: the
         training data's env; all episodes at once, one sub-env each), a ``gymnasium.Env``
         (one episode after another) or a ``gymnasium.vector.VectorEnv`` (as many at once as
-        it has sub-envs). The same seeds give the same episodes whichever is used."""
+        it has sub-envs). The same seeds give the same episodes whichever is used.
+        ``acting`` and ``acting_fields`` (``target_return=3600``, ``mode="window"``,
+        ``decode="soft"``: the agent's :meth:`acting_settings`) change how it acts for these
+        episodes only."""
         if episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {episodes}")
+        settings = self.acting_settings(acting, **acting_fields)
         if isinstance(env, gym.vector.VectorEnv):
             venv, own = env, False
             self.check_env(venv.single_observation_space, venv.single_action_space, "the vector env")
@@ -277,19 +316,18 @@ class Agent:
         try:
             for first in range(0, episodes, n):  # waves of n episodes
                 k = min(n, episodes - first)
-                ret, length = self._episodes(venv, [seed + first + i for i in range(n)], k, deterministic)
+                ret, length = self._episodes(venv, [seed + first + i for i in range(n)], k, deterministic, settings)
                 returns += ret
                 lengths += length
         finally:
             if own:
                 venv.close()
-        ret = np.asarray(returns)
         ref = (self.meta.get("ref_min_score"), self.meta.get("ref_max_score"))
-        ns = None if None in ref else ((ret - ref[0]) / (ref[1] - ref[0])).tolist()
-        return EvalResult(returns, lengths, time.time() - t0, ns, self.meta.get("target_return"))
+        ns = None if None in ref else normalized_score(returns, *ref).tolist()
+        return EvalResult(returns, lengths, time.time() - t0, ns, getattr(settings, "target_return", None))
 
-    def _episodes(self, venv: gym.vector.VectorEnv, seeds: list[int], k: int,
-                  deterministic: bool) -> tuple[list[float], list[int]]:
+    def _episodes(self, venv: gym.vector.VectorEnv, seeds: list[int], k: int, deterministic: bool,
+                  acting: Any) -> tuple[list[float], list[int]]:
         """One episode in each of the first ``k`` sub-envs (reset with ``seeds``)."""
         n = venv.num_envs
         obs, _ = venv.reset(seed=seeds)
@@ -298,7 +336,8 @@ class Agent:
         ret, length = np.zeros(n), np.zeros(n, int)
         done = np.zeros(n, bool)
         while not done[:k].all():
-            act, state = self.predict(obs, state, start, deterministic, rewards=rewards)
+            act, state = self.predict(obs, state, start, deterministic, rewards=rewards,
+                                      acting=acting if state is None else None)
             obs, rewards, term, trunc, _ = venv.step(act)
             ret += rewards * ~done
             length += ~done
@@ -346,14 +385,26 @@ class Agent:
                              f"({', '.join(ALGOS)}); load it with the version that saved it")
         klass = ALGOS[doc["algo"]]
         saved = {**klass.config_class.legacy_defaults, **doc["config"]}
+        if saved.get("device") == "cuda" and not torch.cuda.is_available():  # trained on a GPU, loaded here
+            log.info("%s was saved with device=cuda; this machine has none, so it loads on the CPU", path)
+            saved["device"] = "auto"
+        try:
+            config = build(klass.config_class, saved)
+        except ConfigError as e:
+            raise ConfigError(f"{cfg_file}: {e}; restore the config.yaml saved with the weights") from None
         agent = klass(deserialize_space(json.dumps(doc["observation_space"])),
-                      deserialize_space(json.dumps(doc["action_space"])),
-                      build(klass.config_class, saved), doc.get("meta"), algo=doc["algo"])
+                      deserialize_space(json.dumps(doc["action_space"])), config, doc.get("meta"), algo=doc["algo"])
         try:
             state = load_file(str(weights))
         except Exception as e:  # safetensors raises its own error types
             raise ValueError(f"{weights} is corrupt or truncated ({e}); re-save the agent") from None
-        agent.model.load_state_dict(state)
+        try:
+            agent.model.load_state_dict(state)  # (modules convert the layouts of older saves they know)
+        except RuntimeError:
+            problem = weights_mismatch(agent.model.state_dict(), state)
+            raise ValueError(f"{weights} does not fit the model {cfg_file} describes: {problem}. Restore the "
+                             "config.yaml saved with these weights, or load them with the rl_seq version that saved "
+                             "them") from None
         return agent
 
     # -- SB3 loops that cannot pass rewards ------------------------------------------------
@@ -364,6 +415,22 @@ class Agent:
         from rl_seq.agents.reward_feed import wrap_env
 
         return wrap_env(self, env)
+
+
+def weights_mismatch(expected: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> str:
+    """What differs between a model's state dict and saved weights ('' when they fit): the
+    first few missing and unexpected names and shape mismatches."""
+    missing = [k for k in expected if k not in saved]
+    extra = [k for k in saved if k not in expected]
+    shapes = [f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in saved and saved[k].shape != v.shape]
+    parts = []
+    for what, items in (("missing from the weights", missing), ("not in the model", extra),
+                        ("shapes differ (saved vs model)", shapes)):
+        if items:
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            parts.append(f"{what}: {', '.join(items[:3])}{more}")
+    return "; ".join(parts)
 
 
 # -- what the offline algorithms' optimisers share ---------------------------------------

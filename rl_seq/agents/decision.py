@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gymnasium as gym
@@ -35,10 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rl_seq.agents.base import Agent, EvalResult, adamw, warmup
-from rl_seq.config import ConfigError, OfflineConfig
+from rl_seq.agents.base import Agent, adamw, warmup
+from rl_seq.config import ConfigError, OfflineConfig, check_choice, check_range, eval_seed
 from rl_seq.data import Episodes, SegmentSampler
-from rl_seq.engine import Work, eval_seed, global_mean, rank_seed
+from rl_seq.distributed import global_mean, rank_seed
+from rl_seq.engine import Collected, Optimiser, Plan
 from rl_seq.nets import Backbone, BackboneConfig, CategoricalHead, SquashedGaussianHead, TanhHead
 from rl_seq.tokenizer import TrajectoryTokenizer
 
@@ -66,18 +68,19 @@ class DecisionConfig(OfflineConfig):
     """Returns to condition on when acting, first = the one used in training-time
     evaluations; None = the best episode return in the data."""
     acting: str = "cached"
-    """``cached`` (step state, constant cost) or ``window`` (recompute the last K steps)."""
+    """The default acting mode (:class:`DecisionActing`): ``cached`` (step state, constant
+    cost) or ``window`` (recompute the last K steps)."""
     short_episodes: str = "pad"
     """Episodes shorter than K: ``pad``, ``drop`` or ``error``."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.acting not in ("cached", "window"):
-            raise ConfigError(f"acting must be 'cached' or 'window', got {self.acting!r}")
-        if self.context < 1:
-            raise ConfigError(f"context must be >= 1, got {self.context}")
-        if self.target_returns is not None and not all(math.isfinite(float(x)) for x in self.target_returns):
-            raise ConfigError(f"target_returns must be finite numbers, got {self.target_returns}")
+        check_choice(self, "acting", ("cached", "window"))
+        check_choice(self, "short_episodes", ("pad", "drop", "error"))
+        check_range(self, "context", 1)
+        check_range(self, "warmup_steps", 0)
+        check_range(self, "grad_clip", 0, lo_open=True)
+        check_range(self, "return_scale", 0, lo_open=True)
         if self.segment is not None and self.segment < self.context:
             raise ConfigError(f"segment must be >= context (K={self.context}) or null, got {self.segment}")
 
@@ -112,20 +115,40 @@ class DecisionModel(nn.Module):
         return dict(obs=obs, act=act, rtg=rtg / self.return_scale, timestep=timestep)
 
     def forward(self, fields: dict, episode_start: torch.Tensor) -> torch.Tensor:
-        """fields [B,K,...] -> action outputs at the state tokens: [B,K,d] (continuous) or
-        logits [B,K,n] (discrete)."""
-        h = self.backbone.features(fields, episode_start, "obs")
+        """fields [B,K,...] -> the backbone's outputs at the state tokens, [B,K,D] (what
+        training compiles; the heads read them)."""
+        return self.backbone.features(fields, episode_start, "obs")
+
+    def action_outputs(self, h: torch.Tensor) -> torch.Tensor:
+        """Features [..., D] -> the deterministic head's actions [..., d] (continuous, on the
+        action bounds) or logits [..., n] (discrete)."""
         return self.head.net(h) if self.discrete else self.head(h)
 
-    def features(self, fields: dict, episode_start: torch.Tensor) -> torch.Tensor:
-        """fields [B,K,...] -> the backbone's outputs at the state tokens, [B,K,D]."""
-        return self.backbone.features(fields, episode_start, "obs")
+
+@dataclass
+class DecisionActing:
+    """How a return-conditioned agent acts: given to ``predict`` / ``evaluate`` (or ``rl-seq
+    eval --target-return / --acting``), held in the acting state; the model is not touched."""
+
+    target_return: float | None
+    """The return to condition on (default: the first of the agent's target returns)."""
+    mode: str = "cached"
+    """``cached`` (the backbone's step state, constant cost per step) or ``window`` (recompute
+    the last K steps, as the original DT rollout). Default: the config's ``acting``."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("cached", "window"):
+            raise ValueError(f"acting mode must be 'cached' or 'window', got {self.mode!r}")
+        if self.target_return is not None and not (isinstance(self.target_return, int | float)
+                                                   and math.isfinite(self.target_return)):
+            raise ValueError(f"the target return must be a finite number, got {self.target_return!r}")
 
 
 @dataclass
 class DecisionState:
     """Acting context, one row per env."""
 
+    acting: DecisionActing
     rtg: np.ndarray  # [n] return-to-go, raw units
     t: np.ndarray  # [n] step within the episode
     prev_action: torch.Tensor  # [n, *act_shape]
@@ -140,7 +163,6 @@ class DecisionAgent(Agent):
     stochastic = False  # the policy head: deterministic tanh, or a squashed Gaussian (odt)
 
     def _build(self) -> nn.Module:
-        self.acting = self.config.acting  # the acting mode; evaluate(acting=...) switches it for one call
         model = DecisionModel(self.observation_space, self.action_space, self.config, self.stochastic)
         if "return_scale" in self.meta:
             model.return_scale.fill_(self.meta["return_scale"])
@@ -158,38 +180,38 @@ class DecisionAgent(Agent):
                          target_return=float(targets[0]))
         self.model.return_scale.fill_(scale)
 
-    # -- training -------------------------------------------------------------------------
-    def _work(self, steps: int, dataset: Episodes, env: str | None) -> Work:
+    # -- training (the engine's protocol) -----------------------------------------------------
+    def prepare(self, steps: int, dataset: Episodes, env: str | None) -> Plan:
         cfg = self.config
         self.setup_from_data(dataset)
-        info = self._data_info(dataset, env)
-        sampler = SegmentSampler(dataset, cfg.train_segment, seed=rank_seed(cfg.seed),
-                                 short_episodes=cfg.short_episodes, min_length=cfg.context)
-        opt = adamw(self.model, cfg.lr, cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps))
-        dev, model = self.device, self.training_model()
+        self.sampler = SegmentSampler(dataset, cfg.train_segment, seed=rank_seed(cfg.seed),
+                                      short_episodes=cfg.short_episodes, min_length=cfg.context)
+        self.optimizer = adamw(self.model, cfg.lr, cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup(cfg.warmup_steps))
+        return Plan(steps, Optimiser([self.optimizer], self.scheduler, cfg.grad_clip),
+                    dict(optimizer=self.optimizer, scheduler=self.scheduler, sampler=self.sampler),
+                    per_rank=("sampler",), info=self._data_info(dataset, env))
 
-        def iterate(step: int) -> tuple[int, dict]:
-            b = {k: torch.as_tensor(v, device=dev) for k, v in sampler.sample(cfg.batch_size).items()}
-            obs = b["obs"].float() if b["obs"].is_floating_point() else b["obs"]
-            fields = self.model.fields(obs, b["act"], b["rtg"], b["timestep"])
-            with self.autocast():
-                pred = model(fields, b["episode_start"])
-            pred, mask = pred.float(), b["mask"].float()
-            if self.model.discrete:
-                per_step = F.cross_entropy(pred.transpose(1, 2), b["act"].long(), reduction="none")
-            else:
-                per_step = ((pred - b["act"].float()) ** 2).mean(-1)
-            loss = global_mean((per_step * mask).sum(), mask.sum())  # over the real steps (of every rank)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            opt.step()
-            lr = sched.get_last_lr()[0]
-            sched.step()
-            return 1, {"loss": loss.detach(), "grad_norm": gnorm, "lr": lr}
+    def collect(self, step: int) -> Collected:
+        return Collected(1, [self.batch(self.sampler, self.config.batch_size)])
 
-        return Work(iterate, steps, dict(optimizer=opt, scheduler=sched, sampler=sampler), info, per_rank=("sampler",))
+    def batch(self, sampler: SegmentSampler, batch_size: int) -> dict:
+        """``batch_size`` windows from ``sampler``, on the device, as the model's fields."""
+        b = {k: torch.as_tensor(v, device=self.device) for k, v in sampler.sample(batch_size).items()}
+        obs = b["obs"].float() if b["obs"].is_floating_point() else b["obs"]
+        return dict(fields=self.model.fields(obs, b["act"], b["rtg"], b["timestep"]), act=b["act"],
+                    episode_start=b["episode_start"], mask=b["mask"])
+
+    def loss(self, model: Callable, b: dict) -> tuple[torch.Tensor, dict]:
+        """Mean squared error of the tanh-scaled actions (cross-entropy on discrete ones) over the
+        real (unpadded) steps of every rank."""
+        pred = self.model.action_outputs(model(b["fields"], b["episode_start"]).float())
+        mask = b["mask"].float()
+        if self.model.discrete:
+            per_step = F.cross_entropy(pred.transpose(1, 2), b["act"].long(), reduction="none")
+        else:
+            per_step = ((pred - b["act"].float()) ** 2).mean(-1)
+        return global_mean((per_step * mask).sum(), mask.sum()), {}
 
     def final_evaluations(self) -> dict:
         """The evaluations at the config's other target returns (``other_targets``)."""
@@ -198,37 +220,22 @@ class DecisionAgent(Agent):
                                                          target_return=tr).to_dict()
                                   for tr in self.meta.get("target_returns", [])[1:]}}
 
-    def evaluate(self, env=None, episodes: int = 10, seed: int = 10_000, deterministic: bool = True,
-                 target_return: float | None = None, acting: str | None = None) -> EvalResult:
-        """As :meth:`Agent.evaluate`, conditioned on ``target_return`` (default: the
-        first of the config's target returns), acting ``cached`` or ``window`` (default:
-        the config's)."""
-        if acting not in (None, "cached", "window"):
-            raise ValueError(f"acting must be 'cached' or 'window', got {acting!r}")
-        old, old_acting = self.meta.get("target_return"), self.acting
-        self.acting = acting or old_acting
-        if target_return is not None and not math.isfinite(target_return):
-            raise ValueError(f"the target return must be a finite number, got {target_return}; "
-                             f"e.g. the data's best return, {self.meta.get('target_returns', ['?'])[0]}")
-        if target_return is not None:
-            self.meta["target_return"] = float(target_return)
-        try:
-            return super().evaluate(env, episodes, seed, deterministic)
-        finally:
-            self.meta["target_return"], self.acting = old, old_acting
-
     # -- acting -----------------------------------------------------------------------------
-    def _act(self, obs, state: DecisionState | None, episode_start, rewards, deterministic):
+    def default_acting(self) -> DecisionActing:
+        return DecisionActing(self.meta.get("target_return"), self.config.acting)
+
+    def _act(self, obs, state: DecisionState | None, episode_start, rewards, deterministic, acting):
         n = obs.shape[0]
-        target = self.meta.get("target_return")
-        if target is None:
-            raise RuntimeError("the agent has no target return yet: train it (learn) or load a trained one")
         if state is None:
+            if acting.target_return is None:
+                raise RuntimeError("the agent has no target return yet: train it (learn), load a trained one or "
+                                   "pass acting={'target_return': R}")
             act0 = torch.zeros((n, *self.action_space.shape), device=self.device,
                                dtype=torch.long if self.model.discrete else torch.float32)
-            state = DecisionState(rtg=np.full(n, target, np.float64), t=np.zeros(n, np.int64),
+            state = DecisionState(acting, rtg=np.full(n, acting.target_return, np.float64), t=np.zeros(n, np.int64),
                                   prev_action=act0, feed=self.reward_feed)
             episode_start = np.ones(n, bool)
+        target = state.acting.target_return
         if rewards is None and state.feed is not None:
             rewards = state.feed.pop()
         cont = ~episode_start
@@ -242,7 +249,7 @@ class DecisionAgent(Agent):
             state.t = np.where(cont, state.t + 1, 0)
         else:
             state.rtg[:], state.t[:] = target, 0
-        if self.acting == "window":
+        if state.acting.mode == "window":
             h = self._window_features(obs, state, episode_start)
         else:
             h = self._cached_features(obs, state, episode_start)

@@ -24,7 +24,9 @@ Evaluations act deterministically (the squashed mean) at the evaluation target.
 On the engine the steps are the offline gradient steps, then the online env steps; the
 evaluation at the end of the offline phase is reported as ``offline``, the final one as
 ``last``; an online phase alone (from a trained run, :meth:`ODTAgent.init_from`) first
-evaluates the policy it starts from, reported as ``before``.
+evaluates the policy it starts from, reported as ``before``. The loss the engine steps on is
+the policy's objective plus the temperature's; each holds the other's term fixed, so one
+backward pass gives both their gradients.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -41,9 +44,10 @@ from torch import Tensor, nn
 
 from rl_seq.agents.base import adamw, warmup
 from rl_seq.agents.decision import DecisionAgent, DecisionConfig
-from rl_seq.config import ConfigError
+from rl_seq.config import check_range
 from rl_seq.data import Episodes, SegmentSampler
-from rl_seq.engine import Work, distributed
+from rl_seq.distributed import distributed
+from rl_seq.engine import Collected, Optimiser, Plan
 
 
 @dataclass
@@ -73,10 +77,13 @@ class ODTConfig(DecisionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.online_steps < 0 or self.updates_per_trajectory < 0 or self.buffer_size < 1:
-            raise ConfigError("online_steps and updates_per_trajectory must be >= 0 and buffer_size >= 1")
-        if self.init_temperature <= 0:
-            raise ConfigError(f"init_temperature must be > 0, got {self.init_temperature}")
+        check_range(self, "online_steps", 0)
+        check_range(self, "updates_per_trajectory", 0)
+        check_range(self, "buffer_size", 1)
+        check_range(self, "online_batch_size", 1)
+        check_range(self, "online_target_scale", 1)
+        check_range(self, "init_temperature", 0, lo_open=True)
+        check_range(self, "temperature_lr", 0, lo_open=True)
 
 
 class Temperature(nn.Module):
@@ -137,6 +144,7 @@ class ODTAgent(DecisionAgent):
     algo = "odt"
     config_class = ODTConfig
     stochastic = True
+    progress_metrics = ("loss", "entropy", "temperature", "episode_return")
 
     def _build(self) -> nn.Module:
         if not isinstance(self.action_space, gym.spaces.Box):
@@ -164,94 +172,78 @@ class ODTAgent(DecisionAgent):
         self.model.load_state_dict(mine)
         self.meta.update(copy.deepcopy(offline.meta))
 
-    def _work(self, steps: int, dataset: Episodes, env: str | None, online_steps: int | None = None) -> Work:
-        cfg, dev = self.config, self.device
+    # -- training (the engine's protocol) -----------------------------------------------------
+    def prepare(self, steps: int, dataset: Episodes, env: str | None, online_steps: int | None = None) -> Plan:
+        cfg = self.config
         if distributed():
             raise ValueError("odt trains online in one process; torchrun/DDP is for dt, dc, ds4, lram and qt")
         online_steps = cfg.online_steps if online_steps is None else online_steps
         self.setup_from_data(dataset)
         info = self._data_info(dataset, env)
-        target_entropy = -float(np.prod(self.action_space.shape)) if cfg.target_entropy is None else cfg.target_entropy
+        self.offline_steps, self.offline_data = steps, dataset
+        dims = float(np.prod(self.action_space.shape))
+        self.target_entropy = -dims if cfg.target_entropy is None else cfg.target_entropy
         best = float(dataset.episode_returns().max())
-        explore_target = best + (cfg.online_target_scale - 1) * abs(best)  # = scale x best when best > 0
-        segment = cfg.train_segment
-        offline = SegmentSampler(dataset, segment, seed=cfg.seed, short_episodes=cfg.short_episodes,
-                                 min_length=cfg.context)
-        model, temp = self.model, Temperature(cfg.init_temperature).to(dev)
-        opt = adamw(model, cfg.lr, cfg.weight_decay)
+        self.explore_target = best + (cfg.online_target_scale - 1) * abs(best)  # = scale x best when best > 0
+        self.sampler = SegmentSampler(dataset, cfg.train_segment, seed=cfg.seed, short_episodes=cfg.short_episodes,
+                                      min_length=cfg.context)
+        self.temperature = Temperature(cfg.init_temperature).to(self.device)
+        self.optimizer = adamw(self.model, cfg.lr, cfg.weight_decay)
         # the warm-up belongs to the offline phase: an online phase alone starts from a trained
         # (warmed-up) run, at the full learning rate
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps if steps else 0))
-        opt_temp = torch.optim.Adam(temp.parameters(), lr=cfg.temperature_lr)
-        buffer = TrajectoryBuffer(cfg.buffer_size)
-        live: dict = dict(env=None)
-
-        def update(sampler: SegmentSampler, batch_size: int) -> dict:
-            b = {k: torch.as_tensor(v, device=dev) for k, v in sampler.sample(batch_size).items()}
-            act, mask = b["act"].float(), b["mask"].float()
-            h = model.features(model.fields(b["obs"].float(), act, b["rtg"], b["timestep"]), b["episode_start"])
-            real, n = mask > 0, mask.sum()
-            log_lik = torch.where(real, model.head.log_prob(h, act), 0).sum() / n
-            dist = model.head.dist(h)
-            entropy = -torch.where(real, dist.log_prob(dist.rsample()), 0).sum() / n  # one reparameterised sample
-            loss = policy_loss(log_lik, entropy, temp.value)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            lr = sched.get_last_lr()[0]
-            sched.step()
-            t_loss = temperature_loss(temp.value, entropy, target_entropy)
-            opt_temp.zero_grad(set_to_none=True)
-            t_loss.backward()
-            opt_temp.step()
-            return dict(loss=loss.detach(), nll=-log_lik.detach(), entropy=entropy.detach(),
-                        temperature=temp.value.detach(), grad_norm=gnorm, lr=lr)
-
-        def collect(episode: int) -> dict:
-            """One trajectory, sampling the policy conditioned on the exploration target."""
-            if live["env"] is None:
-                live["env"] = gym.make(self.meta["env_id"], **(self.meta.get("env_kwargs") or {}))
-            e, target = live["env"], self.meta["target_return"]
-            self.meta["target_return"] = explore_target
-            try:
-                obs, _ = e.reset(seed=cfg.seed * 100_000 + episode)
-                ep = dict(observations=[obs], actions=[], rewards=[], terminations=[], truncations=[])
-                state, start, reward, done = None, True, 0.0, False
-                while not done:
-                    a, state = self.predict(obs, state, np.array([start]), deterministic=False,
-                                            rewards=np.array([reward]))
-                    obs, reward, term, trunc, _ = e.step(a)
-                    for k, v in (("observations", obs), ("actions", a), ("rewards", reward),
-                                 ("terminations", term), ("truncations", trunc)):
-                        ep[k].append(v)
-                    start, done = False, term or trunc
-            finally:
-                self.meta["target_return"] = target
-            return {k: np.asarray(v) for k, v in ep.items()}
-
-        def iterate(step: int) -> tuple[int, dict]:
-            if step < steps:  # offline pretraining: one gradient step on the dataset
-                return 1, update(offline, cfg.batch_size)
-            if not buffer.trajectories:  # the online phase starts (also after a resume, if empty)
-                buffer.fill(dataset)
-            traj = collect(step)  # env seeds from the step: the same after a resume
-            buffer.add(traj)
-            data = buffer.episodes(self.observation_space, self.action_space)  # hindsight returns-to-go
-            sampler = SegmentSampler(data, segment, seed=cfg.seed + step, min_length=1)
-            metrics = {}
-            for _ in range(cfg.updates_per_trajectory):
-                metrics = update(sampler, cfg.online_batch_size or cfg.batch_size)
-            metrics.update(episode_return=float(traj["rewards"].sum()), episode_length=float(len(traj["rewards"])))
-            return len(traj["rewards"]), metrics
-
-        def close() -> None:
-            if live["env"] is not None:
-                live["env"].close()
-
-        state = dict(optimizer=opt, scheduler=sched, sampler=offline, temperature=temp, temperature_optimizer=opt_temp,
-                     buffer=buffer)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup(cfg.warmup_steps if steps else 0))
+        self.temperature_optimizer = torch.optim.Adam(self.temperature.parameters(), lr=cfg.temperature_lr)
+        self.buffer = TrajectoryBuffer(cfg.buffer_size)
         milestones = {"offline": steps} if online_steps and steps else {}
-        return Work(iterate, steps + online_steps, state, info, close=close, milestones=milestones,
-                    before=online_steps > 0 and steps == 0,  # from a trained run: the policy it starts from
-                    show=("loss", "entropy", "temperature", "episode_return"))
+        if online_steps and not steps:  # from a trained run: the policy it starts from
+            milestones["before"] = 0
+        state = dict(optimizer=self.optimizer, scheduler=self.scheduler, sampler=self.sampler,
+                     temperature=self.temperature, temperature_optimizer=self.temperature_optimizer,
+                     buffer=self.buffer)
+        return Plan(steps + online_steps, Optimiser([self.optimizer, self.temperature_optimizer], self.scheduler,
+                                                    cfg.grad_clip), state, info=info, milestones=milestones)
+
+    def collect(self, step: int) -> Collected:
+        """Offline: one window batch of the dataset. Online: one trajectory into the buffer,
+        then ``updates_per_trajectory`` batches of the buffer (hindsight returns-to-go)."""
+        cfg = self.config
+        if step < self.offline_steps:
+            return Collected(1, [self.batch(self.sampler, cfg.batch_size)])
+        if not self.buffer.trajectories:  # the online phase starts (also after a resume, if empty)
+            self.buffer.fill(self.offline_data)
+        traj = self.trajectory(step)  # env seeds from the step: the same after a resume
+        self.buffer.add(traj)
+        data = self.buffer.episodes(self.observation_space, self.action_space)
+        sampler = SegmentSampler(data, cfg.train_segment, seed=cfg.seed + step, min_length=1)
+        size = cfg.online_batch_size or cfg.batch_size
+        batches = (self.batch(sampler, size) for _ in range(cfg.updates_per_trajectory))
+        return Collected(len(traj["rewards"]), batches, dict(episode_return=float(traj["rewards"].sum()),
+                                                             episode_length=float(len(traj["rewards"]))))
+
+    def loss(self, model: Callable, b: dict) -> tuple[Tensor, dict]:
+        """The policy's objective plus the temperature's (each holds the other's term fixed)."""
+        h = model(b["fields"], b["episode_start"]).float()
+        real, n = b["mask"] > 0, b["mask"].float().sum()
+        log_lik = torch.where(real, self.model.head.log_prob(h, b["act"].float()), 0).sum() / n
+        dist = self.model.head.dist(h)
+        entropy = -torch.where(real, dist.log_prob(dist.rsample()), 0).sum() / n  # one reparameterised sample
+        loss = policy_loss(log_lik, entropy, self.temperature.value)
+        t_loss = temperature_loss(self.temperature.value, entropy, self.target_entropy)
+        return loss + t_loss, dict(loss=loss.detach(), nll=-log_lik.detach(), entropy=entropy.detach(),
+                                   temperature=self.temperature.value.detach())
+
+    def trajectory(self, episode: int) -> dict:
+        """One trajectory, sampling the policy conditioned on the exploration target."""
+        if self.train_env is None:
+            self.train_env = gym.make(self.meta["env_id"], **(self.meta.get("env_kwargs") or {}))
+        obs, _ = self.train_env.reset(seed=self.config.seed * 100_000 + episode)
+        ep = dict(observations=[obs], actions=[], rewards=[], terminations=[], truncations=[])
+        a, state = self.predict(obs, None, deterministic=False, acting={"target_return": self.explore_target})
+        while True:
+            obs, reward, term, trunc, _ = self.train_env.step(a)
+            for k, v in (("observations", obs), ("actions", a), ("rewards", reward), ("terminations", term),
+                         ("truncations", trunc)):
+                ep[k].append(v)
+            if term or trunc:
+                return {k: np.asarray(v) for k, v in ep.items()}
+            a, state = self.predict(obs, state, np.array([False]), deterministic=False, rewards=np.array([reward]))

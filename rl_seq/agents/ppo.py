@@ -15,7 +15,7 @@ over time steps.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gymnasium as gym
@@ -24,8 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from rl_seq.agents.base import Agent, fused
-from rl_seq.config import ConfigError, TrainConfig
-from rl_seq.engine import Work
+from rl_seq.agents.rollout import Carry, Rollout, RunningMeanStd, collect, tree_index, tree_stack
+from rl_seq.config import ConfigError, TrainConfig, check_choice, check_range
+from rl_seq.engine import Collected, Optimiser, Plan
 from rl_seq.nets import Backbone, BackboneConfig, CategoricalHead, GaussianHead, ValueHead
 from rl_seq.tokenizer import TrajectoryTokenizer
 
@@ -100,6 +101,19 @@ class PPOConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for name in ("n_envs", "n_steps", "seq_len", "n_epochs"):
+            check_range(self, name, 1)
+        check_range(self, "max_timestep", 0)
+        check_range(self, "lr", 0, lo_open=True)
+        check_range(self, "gamma", 0, 1, lo_open=True)
+        check_range(self, "gae_lambda", 0, 1)
+        for name in ("clip_coef", "max_grad_norm", "target_kl"):
+            check_range(self, name, 0, lo_open=True)
+        check_range(self, "vf_coef", 0)
+        check_range(self, "ent_coef", 0)
+        check_choice(self, "start_states", ("stored", "recomputed"))
+        check_choice(self, "vectorization", ("sync", "async"))
+        check_choice(self, "critic", ("shared", "separate"))
         if self.n_steps % self.seq_len:
             raise ConfigError(f"seq_len={self.seq_len} must divide n_steps={self.n_steps}")
         n_seq = self.n_envs * self.n_steps // self.seq_len
@@ -110,12 +124,6 @@ class PPOConfig(TrainConfig):
                 f"(n_envs·n_steps/seq_len = {self.n_envs}·{self.n_steps}/{self.seq_len}): "
                 f"--set n_minibatches={max(d for d in fits if d <= max(1, self.n_minibatches))} "
                 f"(any of {', '.join(map(str, fits))}), or change n_envs/n_steps/seq_len")
-        if self.start_states not in ("stored", "recomputed"):
-            raise ConfigError(f"start_states must be stored or recomputed, got {self.start_states!r}")
-        if self.vectorization not in ("sync", "async"):
-            raise ConfigError(f"vectorization must be sync or async, got {self.vectorization!r}")
-        if self.critic not in ("shared", "separate"):
-            raise ConfigError(f"critic must be shared or separate, got {self.critic!r}")
         if "," in self.layout:
             raise ConfigError("PPO uses one token per step: join fields with '+', not ','")
 
@@ -148,8 +156,9 @@ class PPOModel(nn.Module):
         hv, sv = self.critic_backbone.step_tokens(tok, state[1], start)
         return h[:, 0], hv[:, 0], (s, sv)
 
-    def sequence(self, fields: dict, state: tuple, start: Tensor) -> tuple[Tensor, Tensor, tuple]:
-        """Fields [B, L, ...] from ``state`` -> policy and critic features [B, L, D], new state."""
+    def forward(self, fields: dict, state: tuple, start: Tensor) -> tuple[Tensor, Tensor, tuple]:
+        """Fields [B, L, ...] from ``state`` -> policy and critic features [B, L, D], new state
+        (the training pass; acting and rollouts take one step at a time, :meth:`step`)."""
         if self.critic_backbone is None:
             h, s = self.backbone(fields, state[0], start)
             return h, h, (s, ())
@@ -170,27 +179,6 @@ class PPOModel(nn.Module):
         return action, logp, ent, self.critic(h if h_value is None else h_value)
 
 
-class RunningMeanStd:
-    def __init__(self, shape=()) -> None:
-        self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
-
-    def update(self, x: np.ndarray) -> None:
-        if x.shape[0] == 0:  # no env contributed this step (its mean would be NaN)
-            return
-        m, v, n = x.mean(0), x.var(0), x.shape[0]
-        delta, tot = m - self.mean, self.count + n
-        self.mean = self.mean + delta * n / tot
-        self.var = (self.var * self.count + v * n + delta**2 * self.count * n / tot) / tot
-        self.count = tot
-
-    def state_dict(self) -> dict:
-        """Plain lists (checkpoints load with ``weights_only=True``)."""
-        return dict(mean=np.asarray(self.mean).tolist(), var=np.asarray(self.var).tolist(), count=float(self.count))
-
-    def load_state_dict(self, s: dict) -> None:
-        self.mean, self.var, self.count = np.asarray(s["mean"]), np.asarray(s["var"]), s["count"]
-
-
 @dataclass
 class PPOState:
     backbone: tuple
@@ -198,65 +186,6 @@ class PPOState:
     prev_rew: Tensor
     t: Tensor  # [n] step within the episode
     feed: object = None
-
-
-@dataclass
-class Carry:
-    """What flows from one rollout into the next (per env)."""
-
-    obs: np.ndarray
-    state: tuple
-    prev_act: Tensor
-    prev_rew: Tensor
-    start: Tensor  # this observation starts an episode
-    dummy: np.ndarray  # this observation is a final one (the env will autoreset)
-    ep_ret: np.ndarray
-    ep_len: np.ndarray
-    ret_acc: np.ndarray
-
-
-@dataclass
-class Rollout:
-    """One rollout, [T, N, ...] per field; ``stored`` holds the state at every sequence start."""
-
-    obs: Tensor
-    prev_act: Tensor
-    prev_rew: Tensor
-    timestep: Tensor
-    start: Tensor
-    valid: Tensor
-    act: Tensor
-    logp: Tensor
-    val: Tensor
-    rew: Tensor
-    term: Tensor
-    trunc: Tensor
-    stored: list = field(default_factory=list)
-    init_state: tuple = ()
-    next_value: Tensor | None = None
-    finished: list = field(default_factory=list)  # (return, length, success or None)
-
-    @classmethod
-    def empty(cls, T: int, N: int, obs_shape, act_like: Tensor, device) -> Rollout:
-        z = lambda *shape, dtype=torch.float32: torch.zeros(*shape, dtype=dtype, device=device)  # noqa: E731
-        act = z(T, *act_like.shape, dtype=act_like.dtype)
-        return cls(obs=z(T, N, *obs_shape), prev_act=act.clone(), prev_rew=z(T, N),
-                   timestep=z(T, N, dtype=torch.long), start=z(T, N, dtype=torch.bool),
-                   valid=z(T, N, dtype=torch.bool), act=act, logp=z(T, N), val=z(T, N), rew=z(T, N), term=z(T, N),
-                   trunc=z(T, N))
-
-
-def tree_stack(states: list) -> tuple:
-    """A list of nested state tuples (each leaf [n_envs, ...]) -> one tuple, leaves [len*n_envs, ...]."""
-    if isinstance(states[0], Tensor):
-        return torch.cat(states, 0)
-    return tuple(tree_stack([s[i] for s in states]) for i in range(len(states[0])))
-
-
-def tree_index(state, idx: Tensor):
-    if isinstance(state, Tensor):
-        return state[idx]
-    return tuple(tree_index(s, idx) for s in state)
 
 
 def gae(rewards, values, next_value, term, trunc, gamma: float, lam: float):
@@ -279,6 +208,9 @@ class PPOAgent(Agent):
     algo = "lstm"
     config_class = PPOConfig
     online = True
+    progress_metrics = ("episode_return", "success_rate", "sps")
+    obs_rms: RunningMeanStd | None = None  # running statistics (norm_obs / norm_reward), set by prepare
+    ret_rms: RunningMeanStd | None = None
 
     def _build(self) -> nn.Module:
         return PPOModel(self.observation_space, self.action_space, self.config)
@@ -296,11 +228,11 @@ class PPOAgent(Agent):
         pr, t = prev_rew * keep, t * keep
         return self.model.backbone.tokenizer.embed_slots(self._fields(obs, pa, pr, t), [0]), pa, pr, t
 
-    def _act(self, obs, state: PPOState | None, episode_start, rewards, deterministic):
+    def _act(self, obs, state: PPOState | None, episode_start, rewards, deterministic, acting):
         n, dev = obs.shape[0], self.device
         start = torch.as_tensor(episode_start, device=dev)
         if state is None:
-            state = PPOState(self.model.backbone.init_state(n, dev), self._zero_actions(n),
+            state = PPOState(self.model.backbone.init_state(n, dev), self.zero_actions(n),
                              torch.zeros(n, device=dev), torch.zeros(n, dtype=torch.long, device=dev),
                              self.reward_feed)
             start = torch.ones(n, dtype=torch.bool, device=dev)
@@ -320,189 +252,153 @@ class PPOAgent(Agent):
         else:
             action = dist.sample()
         state.prev_act = action
-        return self._env_action(action), state
+        return self.env_action(action), state
 
-    def _zero_actions(self, n: int) -> Tensor:
+    def zero_actions(self, n: int) -> Tensor:
         if self.model.discrete:
             return torch.zeros(n, dtype=torch.long, device=self.device)
         return torch.zeros(n, *self.action_space.shape, device=self.device)
 
-    def _env_action(self, action: Tensor) -> np.ndarray:
+    def env_action(self, action: Tensor) -> np.ndarray:
         a = action.cpu().numpy()
         if not self.model.discrete:
             a = np.clip(a, self.action_space.low, self.action_space.high)
         return a
 
-    # -- training ---------------------------------------------------------------------------
+    # -- training (the engine's protocol) -----------------------------------------------------
     def make_train_env(self, env_id: str) -> gym.vector.VectorEnv:
         cfg = self.config
         env = gym.make_vec(env_id, num_envs=cfg.n_envs, vectorization_mode=cfg.vectorization, **cfg.env_kwargs)
         self.check_env(env.single_observation_space, env.single_action_space, env_id)
         return env
 
-    def _obs_tensor(self, obs) -> Tensor:
-        o = torch.as_tensor(obs, device=self.device)
-        return o.float() if self.model.backbone.tokenizer.box_observations else o
-
     def start_carry(self, venv: gym.vector.VectorEnv, seed: int) -> Carry:
         N = venv.num_envs
         obs, _ = venv.reset(seed=[seed + i for i in range(N)])
-        return Carry(obs=obs, state=self.model.init_state(N, self.device), prev_act=self._zero_actions(N),
+        return Carry(obs=obs, state=self.model.init_state(N, self.device), prev_act=self.zero_actions(N),
                      prev_rew=torch.zeros(N, device=self.device),
                      start=torch.ones(N, dtype=torch.bool, device=self.device), dummy=np.zeros(N, bool),
                      ep_ret=np.zeros(N), ep_len=np.zeros(N, int), ret_acc=np.zeros(N))
 
-    def _token(self, c: Carry) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def token(self, c: Carry) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """The step's token from the carry, with its observation and masked inputs."""
-        o = self._obs_tensor(c.obs)
+        o = torch.as_tensor(c.obs, device=self.device)
+        o = o.float() if self.model.backbone.tokenizer.box_observations else o
         t = torch.as_tensor(c.ep_len, device=self.device)  # steps already taken in this episode
         tok, pa, pr, t = self._step_token(o, c.prev_act, c.prev_rew, t, c.start)
         return tok, o, pa, pr, t
 
-    @torch.no_grad()
-    def collect(self, venv: gym.vector.VectorEnv, c: Carry, T: int, L: int,
-                obs_rms: RunningMeanStd | None = None, ret_rms: RunningMeanStd | None = None) -> Rollout:
-        """T steps of every env. Under NEXT_STEP autoreset the step after an episode's end
-        feeds its final observation ("dummy": valid=False, action ignored by the env, reward
-        0); the observation after it starts the next episode (start=True, state reset)."""
-        cfg, model, N = self.config, self.model, venv.num_envs
-        model.eval()
-        ro = Rollout.empty(T, N, self.observation_space.shape, self._zero_actions(N), self.device)
-        ro.init_state = c.state
-        for t in range(T):
-            if t % L == 0:
-                ro.stored.append(c.state)
-            tok, o, pa, pr, ts = self._token(c)
-            ro.obs[t], ro.prev_act[t], ro.prev_rew[t], ro.timestep[t], ro.start[t] = o, pa, pr, ts, c.start
-            ro.valid[t] = torch.as_tensor(~c.dummy, device=self.device)
-            h, hv, c.state = model.step(tok, c.state, c.start)
-            action, logp, _, value = model.heads(h, h_value=hv)
-            ro.act[t], ro.logp[t], ro.val[t] = action, logp, value
-            c.obs, reward, term, trunc, info = venv.step(self._env_action(action))
-            if obs_rms is not None:
-                obs_rms.update(np.asarray(c.obs, np.float64))
-            live = ~c.dummy
-            c.ep_ret += reward * live
-            c.ep_len += live
-            succ, has = info.get("is_success"), info.get("_is_success")
-            for i in np.flatnonzero((term | trunc) & live):
-                ok = None if succ is None or (has is not None and not has[i]) else bool(succ[i])
-                ro.finished.append((float(c.ep_ret[i]), int(c.ep_len[i]), ok))
-                c.ep_ret[i], c.ep_len[i] = 0.0, 0
-            r = reward.astype(np.float64)
-            if ret_rms is not None:
-                c.ret_acc = c.ret_acc * cfg.gamma * ~(term | trunc) + r
-                ret_rms.update(c.ret_acc[live])
-                r = r / np.sqrt(ret_rms.var + 1e-8)
-            ro.rew[t] = torch.as_tensor(r * live, dtype=torch.float32, device=self.device)
-            ro.term[t] = torch.as_tensor(term & live, dtype=torch.float32, device=self.device)
-            ro.trunc[t] = torch.as_tensor(trunc & live, dtype=torch.float32, device=self.device)
-            c.prev_act, c.prev_rew = action, torch.as_tensor(reward, dtype=torch.float32, device=self.device)
-            c.start = torch.as_tensor(c.dummy, device=self.device)  # after a dummy step: a new episode
-            c.dummy = (term | trunc) & live
-        tok, *_ = self._token(c)
-        _, hv, _ = model.step(tok, c.state, c.start)
-        ro.next_value = model.critic(hv)  # a final observation's value if an episode just ended
-        return ro
+    def rollout(self, venv: gym.vector.VectorEnv, c: Carry, T: int, L: int) -> Rollout:
+        """``T`` steps of every env from ``c`` (updated in place), states stored every ``L``."""
+        return collect(self, venv, c, T, L, self.obs_rms, self.ret_rms)
 
-    def _work(self, steps: int, dataset: None, env: str) -> Work:
-        """Collect ``n_steps`` in each of ``n_envs`` envs, then ``n_epochs`` passes of PPO
-        over the rollout's sequences: one engine iteration, ``n_envs * n_steps`` env steps."""
-        cfg, dev, model = self.config, self.device, self.model
+    def prepare(self, steps: int, dataset: None, env: str) -> Plan:
+        """Each iteration collects ``n_steps`` in each of ``n_envs`` envs, then takes
+        ``n_epochs`` passes of minibatches over the rollout's sequences."""
+        cfg = self.config
         self.meta.update(env_id=env, env_kwargs=cfg.env_kwargs)
-        venv = self.make_train_env(env)
-        N, T, L = cfg.n_envs, cfg.n_steps, cfg.seq_len
-        n_updates = max(1, steps // (N * T))
-        opt = fused(torch.optim.Adam, model.parameters(), lr=cfg.lr, eps=1e-5)
-        obs_rms = RunningMeanStd(self.observation_space.shape) if cfg.norm_obs else None
-        ret_rms = RunningMeanStd() if cfg.norm_reward else None
-        tok = model.backbone.tokenizer
-        carry, t_start, step0 = None, 0.0, 0
+        self.train_env = self.make_train_env(env)
+        self.n_updates = max(1, steps // (cfg.n_envs * cfg.n_steps))
+        self.optimizer = fused(torch.optim.Adam, self.model.parameters(), lr=cfg.lr, eps=1e-5)
+        self.obs_rms = RunningMeanStd(self.observation_space.shape) if cfg.norm_obs else None
+        self.ret_rms = RunningMeanStd() if cfg.norm_reward else None
+        self.carry = None  # the envs (re)start at the first iteration, also after a resume
+        self.approx_kl = 0.0
+        state = dict(optimizer=self.optimizer, **{k: r for k, r in (("obs_rms", self.obs_rms),
+                                                                     ("ret_rms", self.ret_rms)) if r is not None})
+        return Plan(self.n_updates * cfg.n_envs * cfg.n_steps, Optimiser([self.optimizer], clip=cfg.max_grad_norm),
+                    state, info=dict(env=env))
 
-        def iterate(step: int) -> tuple[int, dict]:
-            nonlocal carry, t_start, step0
-            update = step // (N * T) + 1
-            if carry is None:  # the first iteration, also after a resume: the envs start afresh
-                carry, t_start, step0 = self.start_carry(venv, cfg.seed + 1000 * (update - 1)), time.time(), step
-            if cfg.anneal_lr:
-                opt.param_groups[0]["lr"] = cfg.lr * (1 - (update - 1) / n_updates)
-            if obs_rms is not None and tok.box_observations:
-                tok.set_observation_stats(obs_rms.mean, np.sqrt(obs_rms.var))
-            ro = self.collect(venv, carry, T, L, obs_rms, ret_rms)
-            adv = gae(ro.rew, ro.val, ro.next_value, ro.term, ro.trunc, cfg.gamma, cfg.gae_lambda)
-            ret = adv + ro.val
+    def collect(self, step: int) -> Collected:
+        """A rollout, its advantages and returns (GAE), and its minibatches of whole sequences."""
+        cfg, (N, T, L) = self.config, (self.config.n_envs, self.config.n_steps, self.config.seq_len)
+        update = step // (N * T) + 1
+        if self.carry is None:
+            self.carry = self.start_carry(self.train_env, cfg.seed + 1000 * (update - 1))
+        if cfg.anneal_lr:
+            self.optimizer.param_groups[0]["lr"] = cfg.lr * (1 - (update - 1) / self.n_updates)
+        tok = self.model.backbone.tokenizer
+        if self.obs_rms is not None and tok.box_observations:
+            tok.set_observation_stats(self.obs_rms.mean, np.sqrt(self.obs_rms.var))
+        ro = self.rollout(self.train_env, self.carry, T, L)
+        adv = gae(ro.rew, ro.val, ro.next_value, ro.term, ro.trunc, cfg.gamma, cfg.gae_lambda)
+        ret = adv + ro.val
 
-            def seqs(x: Tensor) -> Tensor:  # [T, N, ...] -> [S = (T/L)·N, L, ...]
-                return x.view(T // L, L, N, *x.shape[2:]).transpose(1, 2).reshape(T // L * N, L, *x.shape[2:])
+        def seqs(x: Tensor) -> Tensor:  # [T, N, ...] -> [S = (T/L)·N, L, ...]
+            return x.view(T // L, L, N, *x.shape[2:]).transpose(1, 2).reshape(T // L * N, L, *x.shape[2:])
 
-            b_obs, b_pa, b_pr, b_start = seqs(ro.obs), seqs(ro.prev_act), seqs(ro.prev_rew), seqs(ro.start)
-            b_ts = seqs(ro.timestep)
-            b_act, b_logp, b_val = seqs(ro.act), seqs(ro.logp), seqs(ro.val)
-            b_adv, b_ret, b_valid = seqs(adv), seqs(ret), seqs(ro.valid)
-            stored = ro.stored
-            if cfg.start_states == "recomputed":
-                stored, s = [], ro.init_state
-                with torch.no_grad():
-                    for k in range(T // L):
-                        stored.append(s)
-                        rows = slice(k * N, (k + 1) * N)
-                        *_, s = model.sequence(self._fields(b_obs[rows], b_pa[rows], b_pr[rows], b_ts[rows]), s,
-                                               b_start[rows])
-            b_state = tree_stack(stored)
-            # ---- update: minibatches of whole sequences through the parallel forward ----
-            model.train()
-            S = b_obs.shape[0]
-            mb = S // cfg.n_minibatches
-            clipfracs, stats = [], {}
-            for _epoch in range(cfg.n_epochs):
-                perm = torch.randperm(S, device=dev)
-                for k in range(cfg.n_minibatches):
-                    idx = perm[k * mb:(k + 1) * mb]
-                    h, hv, _ = model.sequence(self._fields(b_obs[idx], b_pa[idx], b_pr[idx], b_ts[idx]),
-                                              tree_index(b_state, idx), b_start[idx])
-                    _, logp, ent, value = model.heads(h, b_act[idx], hv)
-                    m = b_valid[idx].float()
-                    msum = m.sum().clamp_min(1)
-                    a = b_adv[idx]
-                    if cfg.norm_adv:
-                        mean = (a * m).sum() / msum
-                        a = (a - mean) / ((((a - mean) ** 2 * m).sum() / msum).sqrt() + 1e-8)
-                    ratio = (logp - b_logp[idx]).exp()
-                    pg = torch.maximum(-a * ratio, -a * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef))
-                    pg_loss = (pg * m).sum() / msum
-                    v = (value - b_ret[idx]) ** 2
-                    if cfg.clip_vloss:
-                        v_clip = b_val[idx] + (value - b_val[idx]).clamp(-cfg.clip_coef, cfg.clip_coef)
-                        v = torch.maximum(v, (v_clip - b_ret[idx]) ** 2)
-                    v_loss = 0.5 * (v * m).sum() / msum
-                    ent_loss = (ent * m).sum() / msum
-                    loss = pg_loss - cfg.ent_coef * ent_loss + cfg.vf_coef * v_loss
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    opt.step()
-                    with torch.no_grad():
-                        logr = logp - b_logp[idx]
-                        approx_kl = (((logr.exp() - 1) - logr) * m).sum() / msum
-                        clipfracs.append(((((ratio - 1).abs() > cfg.clip_coef).float() * m).sum() / msum).item())
-                    stats = dict(pg_loss=pg_loss.item(), v_loss=v_loss.item(), entropy=ent_loss.item(),
-                                 approx_kl=approx_kl.item())
-                if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
-                    break
-            # ---- log ----
-            y, p = ret[ro.valid], ro.val[ro.valid]
-            stats.update(clipfrac=float(np.mean(clipfracs)), lr=opt.param_groups[0]["lr"],
-                         sps=(step + N * T - step0) / max(time.time() - t_start, 1e-9))
-            if y.numel() > 1 and y.var() > 0:
-                stats["explained_variance"] = float(1 - (y - p).var() / y.var())
-            if ro.finished:
-                stats["episode_return"] = float(np.mean([f[0] for f in ro.finished]))
-                stats["episode_length"] = float(np.mean([f[1] for f in ro.finished]))
-                succ = [f[2] for f in ro.finished if f[2] is not None]
-                if succ:
-                    stats["success_rate"] = float(np.mean(succ))
-            return N * T, stats
+        b = {k: seqs(getattr(ro, k)) for k in ("obs", "prev_act", "prev_rew", "timestep", "start", "act", "logp",
+                                               "val", "valid")}
+        b.update(adv=seqs(adv), ret=seqs(ret))
+        stored = ro.stored
+        if cfg.start_states == "recomputed":  # the current network's states at each sequence start
+            stored, s = [], ro.init_state
+            with torch.no_grad():
+                for k in range(T // L):
+                    stored.append(s)
+                    rows = slice(k * N, (k + 1) * N)
+                    *_, s = self.model(self._fields(b["obs"][rows], b["prev_act"][rows], b["prev_rew"][rows],
+                                                    b["timestep"][rows]), s, b["start"][rows])
+        b["state"] = tree_stack(stored)
+        self.model.train()
+        return Collected(N * T, self.minibatches(b), rollout_metrics(ro, ret))
 
-        state = dict(optimizer=opt, **{k: r for k, r in (("obs_rms", obs_rms), ("ret_rms", ret_rms)) if r is not None})
-        return Work(iterate, n_updates * N * T, state, dict(env=env), show=("episode_return", "success_rate", "sps"),
-                    close=venv.close)
+    def minibatches(self, b: dict):
+        """``n_epochs`` passes over the rollout's sequences in ``n_minibatches`` random
+        minibatches; an epoch ends the update early when its approximate KL passes ``target_kl``."""
+        cfg = self.config
+        S = b["obs"].shape[0]
+        size = S // cfg.n_minibatches
+        for _epoch in range(cfg.n_epochs):
+            perm = torch.randperm(S, device=self.device)
+            for k in range(cfg.n_minibatches):
+                idx = perm[k * size:(k + 1) * size]
+                yield {key: (tree_index(v, idx) if key == "state" else v[idx]) for key, v in b.items()}
+            if cfg.target_kl is not None and self.approx_kl > cfg.target_kl:
+                return
+
+    def loss(self, model: Callable, mb: dict) -> tuple[Tensor, dict]:
+        """PPO's clipped surrogate, value loss and entropy bonus over the minibatch's real steps."""
+        cfg = self.config
+        h, hv, _ = model(self._fields(mb["obs"], mb["prev_act"], mb["prev_rew"], mb["timestep"]), mb["state"],
+                         mb["start"])
+        _, logp, ent, value = self.model.heads(h.float(), mb["act"], hv.float())
+        m = mb["valid"].float()
+        msum = m.sum().clamp_min(1)
+        a = mb["adv"]
+        if cfg.norm_adv:
+            mean = (a * m).sum() / msum
+            a = (a - mean) / ((((a - mean) ** 2 * m).sum() / msum).sqrt() + 1e-8)
+        ratio = (logp - mb["logp"]).exp()
+        pg = torch.maximum(-a * ratio, -a * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef))
+        pg_loss = (pg * m).sum() / msum
+        v = (value - mb["ret"]) ** 2
+        if cfg.clip_vloss:
+            v_clip = mb["val"] + (value - mb["val"]).clamp(-cfg.clip_coef, cfg.clip_coef)
+            v = torch.maximum(v, (v_clip - mb["ret"]) ** 2)
+        v_loss = 0.5 * (v * m).sum() / msum
+        ent_loss = (ent * m).sum() / msum
+        with torch.no_grad():
+            logr = logp - mb["logp"]
+            approx_kl = (((logr.exp() - 1) - logr) * m).sum() / msum
+            clipfrac = (((ratio - 1).abs() > cfg.clip_coef).float() * m).sum() / msum
+        if cfg.target_kl is not None:
+            self.approx_kl = approx_kl.item()
+        return pg_loss - cfg.ent_coef * ent_loss + cfg.vf_coef * v_loss, dict(
+            pg_loss=pg_loss.detach(), v_loss=v_loss.detach(), entropy=ent_loss.detach(), approx_kl=approx_kl,
+            clipfrac=clipfrac)
+
+
+def rollout_metrics(ro: Rollout, ret: Tensor) -> dict:
+    """The critic's explained variance and the finished episodes' return, length and success."""
+    out = {}
+    y, p = ret[ro.valid], ro.val[ro.valid]
+    if y.numel() > 1 and y.var() > 0:
+        out["explained_variance"] = float(1 - (y - p).var() / y.var())
+    if ro.finished:
+        out["episode_return"] = float(np.mean([f[0] for f in ro.finished]))
+        out["episode_length"] = float(np.mean([f[1] for f in ro.finished]))
+        succ = [f[2] for f in ro.finished if f[2] is not None]
+        if succ:
+            out["success_rate"] = float(np.mean(succ))
+    return out

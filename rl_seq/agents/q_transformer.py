@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gymnasium as gym
@@ -33,9 +34,10 @@ import torch
 from torch import Tensor, nn
 
 from rl_seq.agents.base import Agent, adamw, warmup
-from rl_seq.config import ConfigError, OfflineConfig
+from rl_seq.config import OfflineConfig, check_choice, check_range
 from rl_seq.data import Episodes, SegmentSampler
-from rl_seq.engine import Work, rank_seed
+from rl_seq.distributed import rank_seed
+from rl_seq.engine import Collected, Optimiser, Plan, precision
 from rl_seq.nets import Backbone, BackboneConfig, BinHead
 from rl_seq.tokenizer import TrajectoryTokenizer
 
@@ -45,19 +47,17 @@ class QTConfig(OfflineConfig):
     """Q-Transformer."""
 
     legacy_defaults = {"heads": "shared", "reward_floor": "data_min"}
-    acting_keys = ("decode", "temperature", "support")
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     """The sequence model over (s, a_1..a_d) tokens."""
     context: int = 4
     """K: timesteps of history per training window. Past steps' tokens include their actions,
-    so a policy acts on its own earlier actions: on halfcheetah/medium-v0 that went wrong
-    (configs/qt/halfcheetah.yaml uses 1, the Markov state alone; docs/results.md)."""
+    so a policy acts on its own earlier actions (configs/qt/halfcheetah.yaml uses 1: the
+    Markov state alone)."""
     n_bins: int = 256
     """Bins per action dimension. Where the data's actions pile up at the bounds (clipped
     Gaussian policies, e.g. SB3 PPO), each end bin outweighs every interior bin, and the
-    paper's conservative regulariser (``support=0``) makes greedy acting pick the bounds
-    (docs/results_grid.md)."""
+    paper's conservative regulariser (``support=0``) makes greedy acting pick the bounds."""
     warmup_steps: int = 1000
     """Linear learning-rate warm-up."""
     grad_clip: float = 1.0
@@ -81,21 +81,20 @@ class QTConfig(OfflineConfig):
     """Behaviour-support threshold τ (discrete BCQ, Fujimoto et al. 2019; not in the paper):
     a behaviour head learns the data's bin distribution of each dimension by cross-entropy,
     and the target max and greedy decoding consider only bins whose probability is at least τ
-    times the most likely bin's (discrete BCQ uses 0.3). 0: every bin (the paper). Measured in
-    docs/results.md: at 0.3 without the regulariser it lifts hopper/medium-v0 (configs/qt/hopper.yaml)
-    and lowers the built-in PointGoal data, so the default stays the paper's."""
+    times the most likely bin's (discrete BCQ uses 0.3, as configs/qt/hopper.yaml does). 0:
+    every bin, the paper's method and the default."""
     decode: str = "greedy"
     """How acting picks each dimension's action: ``greedy``, the argmax of Q over the allowed
     bins (the paper); ``soft``, the mean bin centre under π(b) ∝ π_β(b)·exp(Q(b)/temperature),
     with π_β the behaviour head (trained whenever ``soft`` is on): advantage-weighted policy
     extraction (AWR, Peng et al. 2019; CRR, Wang et al. 2020), not in the paper. Where the data's
     actions pile up at the bounds the argmax goes there; the weighted mean stays inside the data's
-    spread and moves towards the bins Q prefers (docs/results.md)."""
+    spread and moves towards the bins Q prefers."""
     temperature: float = 0.3
     """``soft`` decoding: how far Q may pull the action from the behaviour mean, in units of Q
     (rewards are scaled so Q lies in [0, 1]); large = the behaviour policy's mean, near 0 =
-    greedy among the bins the behaviour policy takes. On halfcheetah/medium-v0 0.3 scored best
-    of 1e6 / 0.3 / 0.1 (docs/results.md)."""
+    greedy among the bins the behaviour policy takes (0.3: the best of 1e6 / 0.3 / 0.1 on
+    halfcheetah/medium-v0)."""
     reward_floor: str = "zero"
     """Where the reward scaling puts 0: ``zero`` scales by ``(r - min(r_min, 0)) / range``, so the
     0 a termination bootstraps is worth a reward of 0 (on hopper, r_min 0.84: a fall ends the
@@ -103,20 +102,19 @@ class QTConfig(OfflineConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 < self.gamma < 1:
-            raise ConfigError(f"gamma must be in (0, 1), got {self.gamma}")
-        if self.n_step < 1 or self.n_bins < 2:
-            raise ConfigError("n_step must be >= 1 and n_bins >= 2")
-        if self.heads not in ("per_dim", "shared"):
-            raise ConfigError(f"heads must be 'per_dim' or 'shared', got {self.heads!r}")
-        if not 0 <= self.support <= 1:
-            raise ConfigError(f"support must be in [0, 1], got {self.support}")
-        if self.decode not in ("greedy", "soft"):
-            raise ConfigError(f"decode must be 'greedy' or 'soft', got {self.decode!r}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if self.reward_floor not in ("zero", "data_min"):
-            raise ConfigError(f"reward_floor must be 'zero' or 'data_min', got {self.reward_floor!r}")
+        check_range(self, "context", 1)
+        check_range(self, "n_bins", 2)
+        check_range(self, "n_step", 1)
+        check_range(self, "warmup_steps", 0)
+        check_range(self, "grad_clip", 0, lo_open=True)
+        check_range(self, "gamma", 0, 1, lo_open=True, hi_open=True)
+        check_range(self, "tau", 0, 1, lo_open=True)
+        check_range(self, "conservative_weight", 0)
+        check_range(self, "support", 0, 1)
+        check_range(self, "temperature", 0, lo_open=True)
+        check_choice(self, "heads", ("per_dim", "shared"))
+        check_choice(self, "decode", ("greedy", "soft"))
+        check_choice(self, "reward_floor", ("zero", "data_min"))
 
 
 class QTModel(nn.Module):
@@ -134,7 +132,6 @@ class QTModel(nn.Module):
         self.head = BinHead(cfg.backbone.d_model, cfg.n_bins, n_maps)
         wants_behaviour = cfg.support > 0 or cfg.decode == "soft"
         self.behaviour = BinHead(cfg.backbone.d_model, cfg.n_bins, n_maps, squash=False) if wants_behaviour else None
-        self.log_support = math.log(cfg.support) if cfg.support else None
 
     def forward(self, fields: dict, episode_start: Tensor) -> tuple[Tensor, Tensor | None]:
         """fields [B,L,...] -> Q [B, L, d, n_bins] (dimension i read at slot i) and the
@@ -144,12 +141,14 @@ class QTModel(nn.Module):
         h = h.view(B, Lk // (self.dims + 1), self.dims + 1, D)[:, :, : self.dims]
         return self.head(h), None if self.behaviour is None else self.behaviour(h)
 
-    def in_support(self, logits: Tensor | None) -> Tensor | None:
+    @staticmethod
+    def in_support(logits: Tensor | None, support: float) -> Tensor | None:
         """Behaviour logits [..., n_bins] -> bool [..., n_bins]: the bins whose probability is at
-        least ``support`` times the most likely one's (None: every bin)."""
-        if logits is None or self.log_support is None:
+        least ``support`` times the most likely one's (None: every bin, when ``support`` is 0 or
+        there is no behaviour head)."""
+        if logits is None or not support:
             return None
-        return logits >= logits.max(-1, keepdim=True).values + self.log_support
+        return logits >= logits.max(-1, keepdim=True).values + math.log(support)
 
 
 def targets(q_tgt: Tensor, rew: Tensor, final: Tensor, terminal: Tensor, valid: Tensor, mc: Tensor,
@@ -224,7 +223,31 @@ def with_final_steps(ep: Episodes) -> tuple[Episodes, np.ndarray, np.ndarray]:
 
 
 @dataclass
+class QTActing:
+    """How a Q-Transformer acts: given to ``predict`` / ``evaluate`` (or ``rl-seq eval --set``),
+    held in the acting state; the model is not touched. Defaults: the config's fields of the
+    same names (see :class:`QTConfig` for their meaning)."""
+
+    decode: str = "greedy"
+    """``greedy`` (argmax of Q over the allowed bins) or ``soft`` (behaviour bins reweighted by
+    exp(Q / temperature))."""
+    temperature: float = 0.3
+    """``soft`` decoding's temperature, > 0."""
+    support: float = 0.0
+    """Bins within this factor of the behaviour head's most likely one are allowed, in [0, 1]."""
+
+    def __post_init__(self) -> None:
+        if self.decode not in ("greedy", "soft"):
+            raise ValueError(f"decode must be 'greedy' or 'soft', got {self.decode!r}")
+        if not (isinstance(self.temperature, int | float) and self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        if not (isinstance(self.support, int | float) and 0 <= self.support <= 1):
+            raise ValueError(f"support must be in [0, 1], got {self.support!r}")
+
+
+@dataclass
 class QTState:
+    acting: QTActing
     t: np.ndarray  # [n]
     prev_action: Tensor  # [n, d]
     backbone: tuple | None = None
@@ -249,62 +272,67 @@ class QTAgent(Agent):
             lo = min(lo, 0.0)
         return ((1 - self.config.gamma) * (r - lo) / max(hi - lo, 1e-8)).astype(np.float32)
 
-    def _work(self, steps: int, dataset: Episodes, env: str | None) -> Work:
+    # -- training (the engine's protocol) -----------------------------------------------------
+    def prepare(self, steps: int, dataset: Episodes, env: str | None) -> Plan:
         cfg = self.config
         self.setup_from_data(dataset)
-        info = self._data_info(dataset, env)
         aug, final, terminal = with_final_steps(dataset)
         aug.rewards = self.scale_rewards(aug.rewards)
         mc = aug.returns_to_go(cfg.gamma)
-        sampler = SegmentSampler(aug, cfg.context + cfg.n_step, seed=rank_seed(cfg.seed),
-                                 extra=dict(final=final, terminal=terminal, mc=mc))
-        target = copy.deepcopy(self.model).requires_grad_(False)
-        opt = adamw(self.model, cfg.lr, cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps))
-        disc, model = self.model.backbone.tokenizer.discretiser, self.training_model()
+        self.sampler = SegmentSampler(aug, cfg.context + cfg.n_step, seed=rank_seed(cfg.seed),
+                                      extra=dict(final=final, terminal=terminal, mc=mc))
+        self.target = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.optimizer = adamw(self.model, cfg.lr, cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup(cfg.warmup_steps))
+        return Plan(steps, Optimiser([self.optimizer], self.scheduler, cfg.grad_clip),
+                    dict(optimizer=self.optimizer, scheduler=self.scheduler, sampler=self.sampler, target=self.target),
+                    per_rank=("sampler",), info=self._data_info(dataset, env))
 
-        def iterate(step: int) -> tuple[int, dict]:
-            b = {k: torch.as_tensor(v, device=self.device) for k, v in sampler.sample(cfg.batch_size).items()}
-            obs = b["obs"].float() if b["obs"].is_floating_point() else b["obs"]
-            fields = dict(obs=obs, act=b["act"].float(), timestep=b["timestep"])
-            with self.autocast():
-                q, logits = model(fields, b["episode_start"])
-                with torch.no_grad():
-                    target.eval()
-                    q_next, logits_next = target(fields, b["episode_start"])
-            with torch.no_grad():
-                allowed = self.model.in_support(None if logits_next is None else logits_next.float())
-                y, trainable = targets(q_next.float(), b["rew"].float(), b["final"],
-                                       b["terminal"], b["mask"], b["mc"].float(), cfg.gamma, cfg.n_step,
-                                       cfg.mc_lower_bound, allowed)
-            bins = disc.encode(b["act"].float())
-            td, cons = td_and_conservative(q.float(), bins, y, trainable)
-            loss = td + cfg.conservative_weight * cons
-            logs = {}
-            if logits is not None:  # the behaviour head: cross-entropy on every step with an action
-                acted = (b["mask"].bool() & ~b["final"].bool())[..., None].expand_as(bins)
-                bc = nn.functional.cross_entropy(logits.float()[acted], bins[acted])
-                loss, logs = loss + bc, {"behaviour_nll": bc.detach()}
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            opt.step()
-            lr = sched.get_last_lr()[0]
-            sched.step()
-            with torch.no_grad():
-                for pt, p in zip(target.parameters(), self.model.parameters()):
-                    pt.lerp_(p, cfg.tau)
-            return 1, {"loss": loss.detach(), "td": td.detach(), "conservative": cons.detach(), **logs,
-                       "grad_norm": gnorm, "lr": lr}
+    def collect(self, step: int) -> Collected:
+        b = {k: torch.as_tensor(v, device=self.device) for k, v in self.sampler.sample(self.config.batch_size).items()}
+        return Collected(1, [b])
 
-        return Work(iterate, steps, dict(optimizer=opt, scheduler=sched, sampler=sampler, target=target), info,
-                    per_rank=("sampler",))
+    def loss(self, model: Callable, b: dict) -> tuple[Tensor, dict]:
+        """TD error of the data's bins against the per-dimension targets, plus the conservative
+        regulariser, plus (with a behaviour head) its cross-entropy."""
+        cfg = self.config
+        obs = b["obs"].float() if b["obs"].is_floating_point() else b["obs"]
+        fields = dict(obs=obs, act=b["act"].float(), timestep=b["timestep"])
+        q, logits = model(fields, b["episode_start"])
+        with torch.no_grad(), precision(cfg, self.device):
+            q_next, logits_next = self.target(fields, b["episode_start"])
+        with torch.no_grad():
+            allowed = self.model.in_support(None if logits_next is None else logits_next.float(), cfg.support)
+            y, trainable = targets(q_next.float(), b["rew"].float(), b["final"], b["terminal"], b["mask"],
+                                   b["mc"].float(), cfg.gamma, cfg.n_step, cfg.mc_lower_bound, allowed)
+        bins = self.model.backbone.tokenizer.discretiser.encode(b["act"].float())
+        td, cons = td_and_conservative(q.float(), bins, y, trainable)
+        loss = td + cfg.conservative_weight * cons
+        metrics = {"td": td.detach(), "conservative": cons.detach()}
+        if logits is not None:  # the behaviour head: cross-entropy on every step with an action
+            acted = (b["mask"].bool() & ~b["final"].bool())[..., None].expand_as(bins)
+            bc = nn.functional.cross_entropy(logits.float()[acted], bins[acted])
+            loss, metrics["behaviour_nll"] = loss + bc, bc.detach()
+        return loss, metrics
 
-    def _act(self, obs, state: QTState | None, episode_start, rewards, deterministic):
+    def after_update(self) -> None:
+        """The target network: an EMA of the online one."""
+        with torch.no_grad():
+            for pt, p in zip(self.target.parameters(), self.model.parameters()):
+                pt.lerp_(p, self.config.tau)
+
+    def default_acting(self) -> QTActing:
+        cfg = self.config
+        return QTActing(cfg.decode, cfg.temperature, cfg.support)
+
+    def _act(self, obs, state: QTState | None, episode_start, rewards, deterministic, acting):
         n, d = obs.shape[0], self.model.dims
         tok, dev = self.model.backbone.tokenizer, self.device
         if state is None:
-            state = QTState(t=np.zeros(n, np.int64), prev_action=torch.zeros(n, d, device=dev))
+            if self.model.behaviour is None and (acting.decode == "soft" or acting.support > 0):
+                raise ValueError(f"decode={acting.decode} support={acting.support} needs the behaviour head, which "
+                                 "this model was not trained with: train it with decode=soft or support > 0")
+            state = QTState(acting, t=np.zeros(n, np.int64), prev_action=torch.zeros(n, d, device=dev))
             episode_start = np.ones(n, bool)
         state.t = np.where(episode_start, 0, state.t + 1)
         t = torch.as_tensor(state.t, device=dev)
@@ -316,25 +344,22 @@ class QTAgent(Agent):
         h, st = self.model.backbone.step_tokens(torch.cat([prev, s_tok], 1), state.backbone, resets)
         action = torch.zeros(n, d, device=dev)
         for i in range(d):  # one dimension at a time, each conditioned on the ones chosen before it
-            action[:, i] = self._decode_dim(h[:, -1], i, deterministic)
+            action[:, i] = self._decode_dim(h[:, -1], i, deterministic, state.acting)
             if i < d - 1:
                 a_tok = tok.embed_slots(dict(act=action, timestep=t), [tok.slot_index(f"act_dim{i}")])
                 h, st = self.model.backbone.step_tokens(a_tok, st)
         state.backbone, state.prev_action = st, action
         return action.reshape(n, *self.action_space.shape).cpu().numpy(), state
 
-    def _decode_dim(self, h: Tensor, i: int, deterministic: bool) -> Tensor:
+    def _decode_dim(self, h: Tensor, i: int, deterministic: bool, cfg: QTActing) -> Tensor:
         """h [n, D] (the token before dimension i) -> dimension i's action [n]: greedy over the
         allowed bins, or ``soft``: the mean (or, not deterministic, a sample) of the bins under
         π_β(b)·exp(Q(b)/temperature)."""
-        cfg, model = self.config, self.model
+        model = self.model
         centres = model.backbone.tokenizer.discretiser.centres(i)  # [n_bins]
-        if model.behaviour is None and (cfg.decode == "soft" or cfg.support > 0):
-            raise ValueError(f"decode={cfg.decode} support={cfg.support} needs the behaviour head, which this model "
-                             "was not trained with: train it with decode=soft or support > 0")
         q = model.head(h, i)
         logits = None if model.behaviour is None else model.behaviour(h, i)
-        allowed = model.in_support(logits)
+        allowed = model.in_support(logits, cfg.support)
         if cfg.decode == "greedy":
             return centres[(q if allowed is None else q.masked_fill(~allowed, -torch.inf)).argmax(-1)]
         score = torch.log_softmax(logits, -1) + q / cfg.temperature

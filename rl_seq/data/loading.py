@@ -3,6 +3,7 @@ built-in datasets on first use and downloading only when asked (``download=True`
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 
@@ -34,11 +35,16 @@ def load_minari(dataset_id: str, download: bool = False):
             minari.download_dataset(dataset_id)
             return minari.load_dataset(dataset_id)
         store = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
+        close = difflib.get_close_matches(dataset_id, [*local, *BUILTIN], n=3, cutoff=0.8)
+        hint = f" did you mean {close[0]!r}?" if close else ""
+        fetch = ("  rl_seq/... ids are the built-in ones above; nothing to download\n"
+                 if dataset_id.startswith("rl_seq/") else
+                 f"  to fetch it: rl-seq datasets download {dataset_id}   (or pass --download)\n")
         raise DatasetNotFoundError(
-            f"dataset {dataset_id!r} is not in the local Minari store ({store}).\n"
+            f"dataset {dataset_id!r} is not in the local Minari store ({store}).{hint}\n"
             f"  local datasets: {', '.join(local) or '(none)'}\n"
             f"  built-in (made on first use): {', '.join(BUILTIN)}\n"
-            f"  to fetch it: rl-seq datasets download {dataset_id}   (or pass --download)\n"
+            f"{fetch}"
             f"  to use another store: export MINARI_DATASETS_PATH=/path/to/datasets")
     return minari.load_dataset(dataset_id)
 

@@ -119,8 +119,11 @@ class LSTM(Mixer):
             return y, (hn[0], cn[0])
         if not x.is_cuda:
             lstm = self.lstm
-            gx = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
-            ys, c = LSTMRecurrence.apply(gx, (~resets).to(x.dtype), h0, c0, lstm.weight_hh_l0)
+            with torch.autocast(x.device.type, enabled=False):  # the recurrence runs in its weights' dtype
+                x = x.to(lstm.weight_ih_l0.dtype)
+                gx = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
+                ys, c = LSTMRecurrence.apply(gx, (~resets).to(x.dtype), h0.to(x.dtype), c0.to(x.dtype),
+                                             lstm.weight_hh_l0)
             return ys, (ys[:, -1], c)
         seg = PackedSegments(resets)
         init_h = x.new_zeros(seg.n, self.d_model)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from rl_seq.kernels import MIXERS, make_mixer
+from rl_seq.config import ConfigError, check_choice, check_range
+from rl_seq.kernels import BACKENDS, MIXERS, make_mixer
 from rl_seq.kernels.base import State
 from rl_seq.tokenizer import TrajectoryTokenizer
 
@@ -50,15 +51,18 @@ class BackboneConfig:
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
-            raise ValueError(f"unknown mixer {self.mixer!r}; choose one of {', '.join(MIXERS)}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        if self.init not in ("torch", "gpt2"):
-            raise ValueError(f"init must be 'torch' or 'gpt2', got {self.init!r}")
-        if self.block not in ("pre_ln", "gtrxl"):
-            raise ValueError(f"block must be 'pre_ln' or 'gtrxl', got {self.block!r}")
+            raise ConfigError(f"unknown mixer {self.mixer!r}; choose one of {', '.join(MIXERS)}")
+        check_choice(self, "activation", tuple(ACTIVATIONS))
+        check_choice(self, "init", ("torch", "gpt2"))
+        check_choice(self, "block", ("pre_ln", "gtrxl"))
+        check_choice(self, "backend", BACKENDS)
+        for name in ("d_model", "n_layers", "n_heads", "mlp_ratio"):
+            check_range(self, name, 1)
+        check_range(self, "dropout", 0, 1, hi_open=True)
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+            fits = [h for h in range(1, self.d_model + 1) if self.d_model % h == 0][:8]
+            raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: pick n_heads "
+                              f"among {fits} or change d_model")
 
 
 class GRUGate(nn.Module):

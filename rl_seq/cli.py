@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     w = sub.add_parser("sweep", help="many runs (grid x seeds) through Ray Tune", epilog=EPILOGS["sweep"],
                        formatter_class=fmt, description="Train ALGO at every grid point and seed as an ordinary "
                        "run folder under --out, scheduled by Ray Tune (local Ray, or a cluster with --address), "
-                       "then print mean ± std over seeds of the last and best evaluations. Running the same "
+                       "then print mean ± sample std over seeds of the last and best evaluations. Running the same "
                        "sweep again skips finished trials and resumes stopped ones. Needs the dist extra.")
     w.add_argument("algo", help=f"one of {', '.join(PRESETS)}")
     w.add_argument("--dataset", help="offline algorithms: the dataset of every trial")

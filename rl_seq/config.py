@@ -85,8 +85,9 @@ class TrainConfig:
     threads: int = 0
     """torch CPU threads (0 = torch's default)."""
     amp: str = "auto"
-    """Mixed precision for training passes: ``bf16`` (autocast), ``off``, or ``auto`` (bf16 on
-    CUDA, float32 on CPU)."""
+    """Mixed precision of the training forward: ``bf16`` (autocast; losses and the backward's
+    accumulation stay float32), ``off``, or ``auto``: bf16 where the device computes it natively
+    (CUDA; a CPU with AVX512-BF16 or AMX), float32 elsewhere. Acting is always float32."""
     compile: str = "auto"
     """``torch.compile`` the training forward: ``on``, ``off``, or ``auto`` (on CUDA only)."""
     wandb: bool = False

@@ -39,6 +39,7 @@ advances by one or more, and a schedule fires when the step count crosses a mult
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -128,10 +129,27 @@ class Algorithm(Protocol):
     def save(self, path: str | Path) -> Path: ...
 
 
+@functools.cache
+def native_bf16(device_type: str) -> bool:
+    """Whether the device computes bf16 matmuls natively: CUDA, or a CPU with AVX512-BF16 or
+    AMX (read from /proc/cpuinfo; elsewhere False, so ``auto`` keeps float32)."""
+    if device_type == "cuda":
+        return True
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def uses_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    """``amp``: ``bf16``, ``off``, or ``auto`` = bf16 where the device computes it natively."""
+    return cfg.amp == "bf16" or (cfg.amp == "auto" and native_bf16(device.type))
+
+
 def precision(cfg: TrainConfig, device: torch.device) -> torch.autocast:
-    """bf16 autocast when ``amp`` asks for it (``auto``: on CUDA only)."""
-    on = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+    """The autocast context of training forwards (:func:`uses_bf16`)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(cfg, device))
 
 
 def compiled(cfg: TrainConfig, device: torch.device) -> bool:
@@ -149,6 +167,9 @@ class OptimiserStep:
         if dist.distributed():  # gradients all-reduced over the ranks
             model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
         self.net = torch.compile(model) if compiled(cfg, dev) else model
+        log.info("training forward: %s on %s (amp=%s), %s (compile=%s)",
+                 "bf16 autocast" if uses_bf16(cfg, dev) else "float32", dev.type, cfg.amp,
+                 "torch.compile" if self.net is not model else "eager", cfg.compile)
 
     def model(self, *args, **kwargs) -> Any:
         """What losses call: the algorithm's model under DDP / ``torch.compile`` (sharing its
@@ -242,7 +263,11 @@ class _Evaluations:
         self.can = bool(algo.meta.get("env_id")) and cfg.eval_episodes > 0 and dist.world()[0] == 0
         self.found: dict[str, dict | None] = dict(last=None, best=None)
 
-    def evaluate(self, step: int, kind: str = "eval") -> dict:
+    def evaluate(self, step: int, kind: str = "eval") -> dict | None:
+        """Evaluate now (``kind``: ``eval`` updates last / best; a milestone's name records it
+        under that name). None where this rank does not evaluate."""
+        if not self.can:
+            return None
         cfg = self.algo.config
         res = self.algo.evaluate(episodes=cfg.eval_episodes, seed=eval_seed(cfg.seed)).to_dict()
         res["step"] = step
@@ -258,43 +283,70 @@ class _Evaluations:
             log.info("%s: mean return %.4g at step %d", kind, res["mean_return"], step)
         return res
 
+    def milestones(self, milestones: dict[str, int], prev: int, step: int) -> None:
+        """Evaluate the milestones crossed from ``prev`` to ``step``."""
+        for name, at in milestones.items():
+            if prev < at <= step:
+                self.evaluate(step, name)
 
-def _loop(algo: Algorithm, plan: Plan, run: Run | None, resume: bool, out: Path | None) -> dict:
-    cfg, total = algo.config, plan.steps
-    rank, size = dist.world()
-    ev = _Evaluations(algo, run)
-    shared = [k for k in plan.state if k not in plan.per_rank]
 
-    def checkpoint(step: int) -> None:
-        if out is None:
+class _Checkpoints:
+    """The run's resumable checkpoint: written by rank 0, with every rank's streams."""
+
+    def __init__(self, algo: Algorithm, plan: Plan, run: Run | None, out: Path | None, ev: _Evaluations) -> None:
+        self.algo, self.plan, self.run, self.out, self.ev = algo, plan, run, out, ev
+        self.shared = [k for k in plan.state if k not in plan.per_rank]
+
+    def save(self, step: int) -> None:
+        if self.out is None:
             return
+        plan = self.plan
         mine = dict(rng=rng_state(), **{k: plan.state[k].state_dict() for k in plan.per_rank})
         ranks = dist.gather(mine)  # every rank's streams (a collective: every rank calls it)
-        if run is not None:
-            run.save_checkpoint(dict(model=algo.model.state_dict(), step=step, evals=json.dumps(ev.found),
-                                     ranks=ranks, **{k: plan.state[k].state_dict() for k in shared}))
+        if self.run is not None:
+            self.run.save_checkpoint(dict(model=self.algo.model.state_dict(), step=step,
+                                          evals=json.dumps(self.ev.found), ranks=ranks,
+                                          **{k: plan.state[k].state_dict() for k in self.shared}))
 
-    start = 0
-    if resume and out is not None:
-        ck = run.load_checkpoint() if run is not None else load_checkpoint(out / "checkpoints" / "last.pt")
+    def restore(self) -> int:
+        """Load the checkpoint into the model, ``Plan.state``, the RNGs and the evaluations;
+        drop the metrics logged after it. Returns its step."""
+        rank, size = dist.world()
+        run, plan = self.run, self.plan
+        ck = run.load_checkpoint() if run is not None else load_checkpoint(self.out / "checkpoints" / "last.pt")
         if len(ck["ranks"]) != size:
             raise ValueError(f"the checkpoint was written by {len(ck['ranks'])} process(es), this run has {size}; "
                              f"resume with the same number (--nproc {len(ck['ranks'])})")
-        algo.model.load_state_dict(ck["model"])
-        for k in shared:
+        self.algo.model.load_state_dict(ck["model"])
+        for k in self.shared:
             plan.state[k].load_state_dict(ck[k])
         for k in plan.per_rank:
             plan.state[k].load_state_dict(ck["ranks"][rank][k])
         set_rng_state(ck["ranks"][rank]["rng"])
-        start, ev.found = ck["step"], json.loads(ck["evals"])
+        self.ev.found = json.loads(ck["evals"])
         if run is not None:
-            run.truncate_metrics(start)
-        log.info("resumed from step %d", start)
-    elif ev.can:
-        for name, at in plan.milestones.items():
-            if at == 0:
-                ev.evaluate(0, name)
+            run.truncate_metrics(ck["step"])
+        log.info("resumed from step %d", ck["step"])
+        return ck["step"]
 
+
+def _train_metrics(metrics: dict, step: int, sps: float) -> dict:
+    """One iteration's metrics as floats averaged over the ranks, with ``sps``; refused when
+    any is not finite."""
+    m = {**dist.mean_over_ranks({k: float(v) for k, v in metrics.items()}), "sps": sps}
+    if not all(math.isfinite(v) for v in m.values()):
+        raise FloatingPointError(f"non-finite training metrics at step {step}: {m}; lower the learning rate "
+                                 "or check the data for extreme values")
+    return m
+
+
+def _loop(algo: Algorithm, plan: Plan, run: Run | None, resume: bool, out: Path | None) -> dict:
+    cfg, total, rank = algo.config, plan.steps, dist.world()[0]
+    ev = _Evaluations(algo, run)
+    ckpt = _Checkpoints(algo, plan, run, out, ev)
+    start = ckpt.restore() if resume and out is not None else 0
+    if not start and not resume:
+        ev.milestones(plan.milestones, -1, 0)  # a milestone at step 0: the policy training starts from
     step_fn = OptimiserStep(algo, plan.optimiser)
     algo.model.train()
     bar, task = progress(total, f"{algo.algo} training", start, disable=rank > 0)
@@ -305,40 +357,32 @@ def _loop(algo: Algorithm, plan: Plan, run: Run | None, resume: bool, out: Path 
             prev = step
             n, m = iterate(algo, step_fn, step)
             step += n
+            sps = (step - start) / max(time.time() - t0, 1e-9)
             if _crossed(step, prev, cfg.log_every) or step >= total:
-                m = dist.mean_over_ranks({k: float(v) for k, v in m.items()})
-                metrics = m = {**m, "sps": (step - start) / max(time.time() - t0, 1e-9)}
-                if not all(math.isfinite(v) for v in m.values()):
-                    raise FloatingPointError(
-                        f"non-finite training metrics at step {step}: {m}; lower the learning rate "
-                        "or check the data for extreme values")
+                metrics = _train_metrics(m, step, sps)
                 if run is not None:
-                    run.log(step, "train", m)
-                show = algo.progress_metrics or [k for k in m if k not in ("lr", "sps")]
-                bar.update(task, info=" ".join(f"{k}={m[k]:.4g}" for k in show if k in m))
-            if ev.can:
-                for name, at in plan.milestones.items():
-                    if prev < at <= step:
-                        ev.evaluate(step, name)
-                if _crossed(step, prev, cfg.eval_every) and step < total:
-                    ev.evaluate(step)
+                    run.log(step, "train", metrics)
+                show = algo.progress_metrics or [k for k in metrics if k not in ("lr", "sps")]
+                bar.update(task, info=" ".join(f"{k}={metrics[k]:.4g}" for k in show if k in metrics))
+            ev.milestones(plan.milestones, prev, step)
+            if _crossed(step, prev, cfg.eval_every) and step < total:
+                ev.evaluate(step)
             if _crossed(step, prev, cfg.checkpoint_every):
-                checkpoint(step)
+                ckpt.save(step)
             bar.update(task, completed=step)
-            if rank == 0 and not bar.console.is_terminal and (
-                    _crossed(step - start, prev - start, every) or step >= total):
+            if rank == 0 and not bar.console.is_terminal and (_crossed(step - start, prev - start, every)
+                                                              or step >= total):
                 last = ev.found["last"]
                 tail = "" if last is None else f", last eval {last['mean_return']:.4g}"
-                log.info("%s: step %d/%d, %.1f steps/s%s", algo.algo, step, total,
-                         (step - start) / max(time.time() - t0, 1e-9), tail)
+                log.info("%s: step %d/%d, %.1f steps/s%s", algo.algo, step, total, sps, tail)
             if dist.agree([float(stop.requested)])[0]:
-                checkpoint(step)
+                ckpt.save(step)
                 log.warning("interrupted: checkpoint saved at step %d; continue with --resume", step)
                 raise KeyboardInterrupt
     last = ev.found["last"]
-    if ev.can and (last is None or last["step"] != step):
+    if last is None or last["step"] != step:
         ev.evaluate(step)
-    checkpoint(step)
+    ckpt.save(step)
     return dict(**ev.found, step=step, train=metrics, data=plan.info.get("data"),
                 run=None if run is None else str(run.dir))
 

@@ -214,6 +214,14 @@ def _without_steps(config: dict) -> dict:
     return {**config, "config": inner}
 
 
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value) over seeds: the
+    convention of every table rl_seq writes (within one evaluation, ``std_return`` over its
+    episodes is the population std, as SB3's ``evaluate_policy``)."""
+    x = np.asarray(list(values), dtype=np.float64)
+    return float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else 0.0
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():

@@ -7,7 +7,7 @@ Ray schedules the trials (local Ray by default, a cluster with ``address``), eac
 ``cpus_per_trial`` CPUs (its torch threads) and ``gpus_per_trial`` GPUs. A trial trains
 through the usual engine into ``OUT/<point>-s<seed>``: a finished trial (its ``eval.json``
 exists) is not run again and a stopped one resumes from its checkpoint, so running the same
-sweep again completes it. The summary aggregates the run folders over seeds (mean ± std of
+sweep again completes it. The summary aggregates the run folders over seeds (mean ± sample std of
 the last and the best evaluation: normalised score when the data has reference scores, mean
 return otherwise) into ``OUT/sweep.json``, ``OUT/sweep.md`` and ``OUT/sweep.png``.
 
@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from rl_seq.runs import mean_std
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +163,8 @@ def summarize(sweep: Sweep) -> list[dict]:
                     scores[k].append(_score(report.get(k)))
         row = dict(point=point, seeds=len(scores["last"]))
         for k, v in scores.items():
-            row[k] = dict(mean=float(np.mean(v)) if v else None, std=float(np.std(v)) if v else None, values=v)
+            m, sd = mean_std(v) if v else (None, None)
+            row[k] = dict(mean=m, std=sd, values=v)
         rows.append(row)
     out = Path(sweep.out)
     (out / "sweep.json").write_text(json.dumps(dict(algo=sweep.algo, dataset=sweep.dataset, env=sweep.env,
@@ -177,7 +180,7 @@ def _label(point: dict) -> str:
 
 def table(sweep: Sweep, rows: list[dict]) -> str:
     what = "normalised score" if _has_reference(sweep) else "mean return"
-    lines = [f"{sweep.algo} on {sweep.dataset or sweep.env}: {what}, mean ± std over seeds {sweep.seeds}", "",
+    lines = [f"{sweep.algo} on {sweep.dataset or sweep.env}: {what}, mean ± sample std over seeds {sweep.seeds}", "",
              "| grid point | seeds | last | best |", "|---|---|---|---|"]
     for r in rows:
         cell = lambda s: "-" if s["mean"] is None else f"{s['mean']:.3f} ± {s['std']:.3f}"  # noqa: E731

@@ -66,28 +66,7 @@ def train(algo: str, *, dataset: str | None = None, env: str | None = None, conf
     it returns torchrun's ``returncode`` and the run folder, whose ``eval.json`` holds the
     evaluations.
     """
-    if algo not in PRESETS:
-        config_for(algo)  # the helpful error
-    online = PRESETS[algo][0].online
-    if init is not None and algo != "odt":
-        raise ValueError(f"init starts Online DT's online phase from a trained run: `rl-seq train odt --init {init} "
-                         "--online-steps M`")
-    if online:
-        if dataset:
-            raise ValueError(f"{algo} trains online in --env and reads no dataset; drop --dataset {dataset} "
-                             "(or train an offline algorithm on it: dt, dc, ds4, lram, qt)")
-        if not env:
-            raise ValueError(f"{algo} trains online: give --env ENV_ID (e.g. rl_seq/TMaze-v0, CartPole-v1)")
-        if nproc > 1:
-            raise ValueError(f"{algo} trains online in one process; --nproc is for the offline algorithms "
-                             "(dt, dc, ds4, lram, qt)")
-    elif not dataset and init is None:
-        raise ValueError(f"{algo} trains offline: give --dataset ID (see `rl-seq datasets list`)")
-    if nproc < 1:
-        raise ValueError(f"nproc must be >= 1, got {nproc}")
-    if env:
-        check_env_id(env)
-
+    online = _check_request(algo, dataset, env, init, nproc)
     offline_from = None
     if init is not None:  # odt from a trained run: its architecture, no offline phase
         offline_from = load_agent(init)
@@ -116,6 +95,34 @@ def train(algo: str, *, dataset: str | None = None, env: str | None = None, conf
             options["steps"] = 0
         result = agent.learn(dataset=episodes, env=env, out=out, resume=resume, **options)
     return dict(result, run=str(out), model=str(out / "model"))
+
+
+def _check_request(algo: str, dataset: str | None, env: str | None, init, nproc: int) -> bool:
+    """Refuse a request that cannot train, before anything is loaded; returns whether the
+    algorithm trains online."""
+    if algo not in PRESETS:
+        config_for(algo)  # the helpful error
+    online = PRESETS[algo][0].online
+    if init is not None and algo != "odt":
+        raise ValueError(f"init starts Online DT's online phase from a trained run: `rl-seq train odt --init {init} "
+                         "--online-steps M`")
+    if online:
+        if dataset:
+            raise ValueError(f"{algo} trains online in --env and reads no dataset; drop --dataset {dataset} "
+                             "(or train an offline algorithm on it: dt, dc, ds4, lram, qt)")
+        if not env:
+            raise ValueError(f"{algo} trains online: give --env ENV_ID (e.g. rl_seq/TMaze-v0, CartPole-v1)")
+        if nproc > 1:
+            raise ValueError(f"{algo} trains online in one process; --nproc is for the offline algorithms "
+                             "(dt, dc, ds4, lram, qt)")
+    elif not dataset and init is None:
+        raise ValueError(f"{algo} trains offline: give --dataset ID (see `rl-seq datasets list`)")
+    if nproc < 1:
+        raise ValueError(f"nproc must be >= 1, got {nproc}")
+    if env:
+        check_env_id(env)
+    return online
+
 
 
 def _torchrun(nproc: int, argv: list[str] | None, out: Path) -> dict:

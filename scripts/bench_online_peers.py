@@ -1,6 +1,6 @@
 """rl_seq's online memory agents against sb3-contrib's RecurrentPPO, side by side (issue #18):
 the same popgym tasks, env steps, seeds and evaluation episodes (same env seeds), each job on
-one thread. Prints one table (return mean ± std over seeds, training wall time, and each rl_seq
+one thread. Prints one table (return mean ± sample std over seeds, training wall time, and each rl_seq
 agent's difference in return and speed-up against sb3-contrib), writes ``OUT/summary.json``,
 the table (``--table``) and a plot of the training return against env steps and against wall
 time (``--plot``).
@@ -30,6 +30,7 @@ import numpy as np
 from bench_peers import job_env  # one thread per job, as in the offline benchmark
 
 from rl_seq.config import eval_seed
+from rl_seq.runs import mean_std as seed_mean_std
 
 HERE = Path(__file__).resolve().parent
 SB3 = "sb3-contrib"
@@ -97,13 +98,14 @@ def job(agent: str, task: str, seed: int, a) -> dict | None:
 def mean_std(xs: list[float], digits: int = 3) -> str:
     if not xs:
         return "-"
-    return f"{np.mean(xs):.{digits}f} ± {np.std(xs):.{digits}f} (n={len(xs)})"
+    m, sd = seed_mean_std(xs)
+    return f"{m:.{digits}f} ± {sd:.{digits}f} (n={len(xs)})"
 
 
 def table(rows: list[dict], a) -> tuple[str, list[dict]]:
     rl = [g for g in a.agents if g != SB3]
     lines = [f"{a.steps:,} env steps, 8 envs, one thread per job, {a.episodes} deterministic evaluation episodes "
-             "on the same env seeds after training; return mean ± std over seeds (n). Δ = rl_seq − sb3-contrib "
+             "on the same env seeds after training; return mean ± sample std over seeds (n). Δ = rl_seq − sb3-contrib "
              "in mean return; speed-up = sb3-contrib's mean training wall time / the agent's.", "",
              "| task | " + " | ".join(a.agents) + " | " + " | ".join(f"{g}: Δ, speed-up" for g in rl) + " |",
              "|---|" + "---|" * (len(a.agents) + len(rl))]

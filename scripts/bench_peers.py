@@ -124,7 +124,10 @@ def mean_std(xs: list[float]) -> str:
     xs = [100 * x for x in xs if x is not None]
     if len(xs) < 2:
         return f"{xs[0]:.1f}" if xs else "-"
-    return f"{np.mean(xs):.1f} ± {np.std(xs):.1f}"
+    from rl_seq.runs import mean_std as seed_mean_std
+
+    m, sd = seed_mean_std(xs)
+    return f"{m:.1f} ± {sd:.1f}"
 
 
 def score_table(rows: list[dict], a) -> tuple[str, list[dict]]:
@@ -134,7 +137,7 @@ def score_table(rows: list[dict], a) -> tuple[str, list[dict]]:
     where = "1 thread" if a.device == "cpu" else f"{a.device}, {a.jobs} jobs sharing it"
     lines = [f"{a.steps} gradient steps (warm-up {a.warmup}), context K=20, batches of 64 windows of 20 steps "
              f"(rl_seq: its {a.algo} preset{', with ' + extra if extra else ''}), {where}, "
-             f"{a.episodes} evaluation episodes on the same env seeds; normalised score x100, mean ± std over "
+             f"{a.episodes} evaluation episodes on the same env seeds; normalised score x100, mean ± sample std over "
              f"seeds (n). Best is the best of the evaluations every {a.eval_every or a.steps} steps and the "
              "last; the ratio compares the last evaluations.",
              "", f"| dataset | data | target | d3rlpy DT (last) | d3rlpy DT (best) | rl_seq {a.algo} (last) "

@@ -16,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+from rl_seq.runs import mean_std
 from rl_seq.sweep import Sweep, run_sweep
 
 DATASETS = [f"{env}/{lvl}-v0" for env in ("hopper", "halfcheetah") for lvl in ("medium", "medium-replay", "expert")]
@@ -58,7 +59,7 @@ def table(rows: list[dict], data_scores: dict[str, float], budget: str) -> str:
                 continue
             last = 100 * np.mean([r["last"] for r in rs])
             best = 100 * np.mean([r["best"] for r in rs])
-            spread = f" ± {100 * np.std([r['last'] for r in rs]):.1f}" if len(rs) > 1 else ""
+            spread = f" ± {100 * mean_std([r['last'] for r in rs])[1]:.1f}" if len(rs) > 1 else ""
             cells.append(f"{last:.1f}{spread} / {best:.1f} (n={len(rs)})")
         lines.append(f"| {ds} | {100 * data_scores.get(ds, float('nan')):.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -77,7 +78,7 @@ if __name__ == "__main__":
     p.add_argument("--gpus-per-trial", type=float, default=0)
     p.add_argument("--address", help="a Ray cluster (default: Ray on this machine)")
     p.add_argument("--out", default="runs/grid")
-    p.add_argument("--table", default="docs/results_grid.md")
+    p.add_argument("--table", default="docs/bench/quality_grid.md")
     p.add_argument("--report", action="store_true", help="only write the table of the runs already finished")
     a = p.parse_args()
     rows = run_grid(a)

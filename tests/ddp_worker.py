@@ -15,7 +15,8 @@ from rl_seq.agents import decision
 from rl_seq.distributed import world
 
 B, SEED = 4, 0
-CONFIG = dict(seed=SEED, lr=1e-3, warmup_steps=1, eval_episodes=0, log_every=1, threads=1, context=5,
+CONFIG = dict(amp="off",  # the law is exact in float32; bf16 rounds the two halves of a batch differently
+              seed=SEED, lr=1e-3, warmup_steps=1, eval_episodes=0, log_every=1, threads=1, context=5,
               backbone=dict(d_model=16, n_layers=1, dropout=0.0, mixer_options={"dropout": 0.0}))
 
 

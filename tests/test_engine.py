@@ -31,6 +31,9 @@ FAMILIES = {
     "lstm": (lambda **kw: rl_seq.make_agent("lstm", "rl_seq/TMaze-v0", **PPO, **kw),
              lambda a: a.learn("rl_seq/TMaze-v0", steps=32)),
 }
+# and the other memories (GRU-gated blocks, Transformer-XL attention, AGaLiTe)
+FAMILIES.update({algo: (lambda algo=algo, **kw: rl_seq.make_agent(algo, "rl_seq/TMaze-v0", **PPO, **kw),
+                        lambda a: a.learn("rl_seq/TMaze-v0", steps=32)) for algo in ("gtrxl", "relit")})
 
 
 def test_the_engine_imports_no_agent_and_names_none():

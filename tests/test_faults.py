@@ -573,3 +573,22 @@ def test_interrupted_online_phase_from_a_trained_run_resumes_to_the_end(dt_run, 
     report = json.loads((out / "eval.json").read_text())
     assert report["before"]["step"] == 0 and report["last"]["step"] >= 240
     assert "offline" not in report
+
+
+def test_an_evaluation_env_that_cannot_be_made_is_found_before_training(tmp_path, monkeypatch, capsys):
+    """A dataset whose env needs a missing package (MuJoCo for hopper) stops before the run
+    folder is made, not at the first evaluation."""
+    import gymnasium as gym
+
+    real = gym.make
+
+    def make(env_id, *a, **k):
+        if env_id == "rl_seq/PointGoal-v0":
+            raise gym.error.DependencyNotInstalled("MuJoCo is not installed")
+        return real(env_id, *a, **k)
+
+    monkeypatch.setattr(gym, "make", make)
+    assert main(train_argv(tmp_path / "r", 5, "--set", "eval_episodes=2")) == 2
+    err = capsys.readouterr().err
+    assert "evaluation env 'rl_seq/PointGoal-v0': MuJoCo is not installed" in err and "eval_episodes=0" in err
+    assert not (tmp_path / "r").exists()

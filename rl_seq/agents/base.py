@@ -181,6 +181,12 @@ class Agent:
             if env is not None:
                 with gym.make(env) as e:
                     data.check_spaces(e.observation_space, e.action_space)
+            elif data.env_id and self.config.eval_episodes > 0:  # found now, not at the first evaluation
+                try:
+                    gym.make(data.env_id, **(data.env_kwargs or {})).close()
+                except (gym.error.Error, ImportError, ModuleNotFoundError) as e:
+                    raise ValueError(f"cannot make {data.dataset_id}'s evaluation env {data.env_id!r}: {e}; install "
+                                     "what it needs, or train without evaluations (--set eval_episodes=0)") from None
         steps = self.config.steps if steps is None else steps
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")

@@ -15,9 +15,8 @@ R_{t-K+1} .. s_t), so the KV cache computes exactly what the model computes on t
 history. By default training windows are K steps, the reference recipe; ``segment`` > K
 trains the model in the cache's regime too (later positions attend to keys that themselves saw
 context from before their own window, as the cache's keys do once t >= K; sliding-window
-language models train that way). On hopper-medium (3 seeds, 5k steps) K-step windows ended
-higher (last 50.5 ± 11.7 vs 40.2 ± 0.3) and 2K ones peaked higher (best 70.5 vs 55.5):
-docs/results.md.
+language models train that way); K-step windows stay the default because they ended at least
+as high on hopper-medium.
 
 The return-to-go starts at the target return and drops by each reward, which reaches
 ``predict`` as ``rewards=`` or through ``agent.wrap_env(env)`` (SB3 loops).

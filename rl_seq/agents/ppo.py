@@ -34,11 +34,15 @@ from rl_seq.tokenizer import TrajectoryTokenizer
 @dataclass
 class PPOConfig(TrainConfig):
     """Recurrent PPO. The update is sb3-contrib RecurrentPPO's (10 epochs of 128-step
-    minibatches, a critic with its own memory: the settings that mattered in the search in
-    docs/results.md); rollouts, clipping, GAE and the optimiser are CleanRL's / SB3's."""
+    minibatches, a critic with its own memory: with one memory the value loss also trains the
+    features the policy reads); rollouts, clipping, GAE and the optimiser are CleanRL's / SB3's."""
 
     legacy_defaults = {"critic": "shared"}
 
+    amp: str = "off"
+    """Mixed precision of the update's forward (``bf16``, ``off``, ``auto``: see TrainConfig).
+    PPO defaults to float32: its rollout-sized matmuls gain nothing from bf16 on a CPU, and its
+    recipes were measured in float32."""
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(mixer="lstm", d_model=128,
                                                                               n_layers=1, dropout=0.0))
     """The memory (``--backbone`` sets ``backbone.mixer``; ``none`` = memoryless)."""
@@ -49,7 +53,7 @@ class PPOConfig(TrainConfig):
     max_timestep: int = 0
     """Add an embedding of the step within the episode (absolute position, clamped here) to
     each token, as the Decision Transformer does; 0 = off. It gives position-free memories
-    (relit, mlstm) the absolute step; it did not make relit learn RepeatPrevious (docs/results.md)."""
+    (relit, mlstm) the absolute step."""
     n_envs: int = 8
     """Parallel environments."""
     vectorization: str = "sync"

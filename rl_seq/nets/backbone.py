@@ -82,7 +82,7 @@ class GRUGate(nn.Module):
         r = torch.sigmoid(wr + ur)
         z = torch.sigmoid(wz + uz - self.bias)
         h = torch.tanh(wg + self.ug(r * x))
-        return torch.lerp(x, h, z)  # (1-z)⊙x + z⊙h in one op
+        return torch.lerp(x, h.to(x.dtype), z.to(x.dtype))  # (1-z)⊙x + z⊙h in one op (autocast: in x's dtype)
 
 
 class Block(nn.Module):

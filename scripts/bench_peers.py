@@ -171,6 +171,7 @@ def rl_seq_speed(ks=(20, 100)) -> dict:
     import rl_seq
     from rl_seq.agents import config_for
     from rl_seq.bench import _timeit, synthetic_episodes
+    from rl_seq.engine import uses_bf16
 
     logging.getLogger("rl_seq").setLevel(logging.WARNING)
     torch.set_num_threads(1)
@@ -180,10 +181,14 @@ def rl_seq_speed(ks=(20, 100)) -> dict:
         agent = rl_seq.make_agent("dt", dataset=data, config=config_for(
             "dt", ROOT / "configs" / "dt" / "hopper.yaml", [f"context={K}", "eval_episodes=0"]))
         if K == ks[0]:
-            agent.learn(data, steps=2)
-            t0 = time.perf_counter()
-            agent.learn(data, steps=12)
-            out["train_step_s"] = (time.perf_counter() - t0) / 12
+            for key, amp in (("train_step_s", []), ("train_step_s_fp32", ["amp=off"])):  # the default, float32
+                timed = agent if not amp else rl_seq.make_agent("dt", dataset=data, config=config_for(
+                    "dt", ROOT / "configs" / "dt" / "hopper.yaml", [f"context={K}", "eval_episodes=0", *amp]))
+                timed.learn(data, steps=2)
+                t0 = time.perf_counter()
+                timed.learn(data, steps=12)
+                out[key] = (time.perf_counter() - t0) / 12
+            out["precision"] = "bf16 autocast" if uses_bf16(agent.config, agent.device) else "float32"
         for mode in ("cached", "window"):
             obs, state = np.zeros((1, 11), np.float32), None
 
@@ -206,8 +211,10 @@ def speed_table(py: Path) -> tuple[str, dict]:
     rows = ["", "Speed, 1 thread, reference DT size (embed 128, 3 layers, K=20; training batches of 1,280 "
             "steps as above; acting batch 1):",
             "", "| | HF DecisionTransformerModel | rl_seq dt | HF / rl_seq |", "|---|---|---|---|",
-            f"| train step (s) | {hf['train_step_s']:.3f} | {ours['train_step_s']:.3f} | "
-            f"{hf['train_step_s'] / ours['train_step_s']:.2f}x |"]
+            f"| train step (s), rl_seq's default ({ours['precision']}) | {hf['train_step_s']:.3f} | "
+            f"{ours['train_step_s']:.3f} | {hf['train_step_s'] / ours['train_step_s']:.2f}x |",
+            f"| train step (s), rl_seq in float32 (amp=off) | {hf['train_step_s']:.3f} | "
+            f"{ours['train_step_s_fp32']:.3f} | {hf['train_step_s'] / ours['train_step_s_fp32']:.2f}x |"]
     for K in (20, 100):
         h = hf["act_ms_per_step"][str(K)]
         rows.append(f"| act ms/step, K={K} (HF: window; rl_seq: cached) | {h:.2f} | {a[f'cached@{K}']:.2f} | "

@@ -23,6 +23,6 @@ def test_every_table_row_has_as_many_cells_as_the_header(agents):
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     cells = [c.strip() for c in lines[2].strip("|").split("|")]
     if "gtrxl" in agents:
-        assert cells[header.index("gtrxl")] == "0.800 ± 0.100 (n=2), 50 s"
+        assert cells[header.index("gtrxl")] == "0.800 ± 0.141 (n=2), 50 s"  # the sample std of 0.7, 0.9
     if bench.SB3 in agents and "gtrxl" in agents:
         assert cells[header.index("gtrxl: Δ, speed-up")] == "+0.300, 2.0x"

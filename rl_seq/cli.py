@@ -187,9 +187,8 @@ def cmd_train(a) -> int:
         return result["returncode"]
     if world()[0] > 0:  # DDP: rank 0 reports
         return 0
-    source = a.env if a.env and not a.dataset else (a.dataset or result.get("data", {}).get("dataset", ""))
     if result["last"] is not None:
-        _print_eval(result["last"], f"{a.algo} on {source}", result["best"], result["data"],
+        _print_eval(result["last"], f"{a.algo} on {result['source']}", result["best"], result["data"],
                     {k: result.get(k) for k in ("before", "offline")})
     print(yaml.safe_dump({"run": result["run"], "model": result["model"]}, sort_keys=False).strip())
     return 0

@@ -54,7 +54,8 @@ def train(algo: str, *, dataset: str | None = None, env: str | None = None, conf
           overrides: list[str] | tuple[str, ...] = (), out: str | Path | None = None, resume: bool = False,
           init: str | Path | None = None, download: bool = False, nproc: int = 1, argv: list[str] | None = None,
           **fields: Any) -> dict:
-    """Train algorithm ``algo`` and return the engine's result plus ``run`` and ``model``.
+    """Train algorithm ``algo`` and return the engine's result plus ``run``, ``model`` and
+    ``source`` (the env or dataset it trained on).
 
     Offline algorithms read ``dataset`` (a Minari id; ``download`` fetches a remote one) and
     evaluate in its env, or in ``env`` when given; online algorithms train in ``env``.
@@ -94,7 +95,7 @@ def train(algo: str, *, dataset: str | None = None, env: str | None = None, conf
             agent.init_from(offline_from)
             options["steps"] = 0
         result = agent.learn(dataset=episodes, env=env, out=out, resume=resume, **options)
-    return dict(result, run=str(out), model=str(out / "model"))
+    return dict(result, run=str(out), model=str(out / "model"), source=env if online else dataset)
 
 
 def _check_request(algo: str, dataset: str | None, env: str | None, init, nproc: int) -> bool:
@@ -112,17 +113,16 @@ def _check_request(algo: str, dataset: str | None, env: str | None, init, nproc:
                              "(or train an offline algorithm on it: dt, dc, ds4, lram, qt)")
         if not env:
             raise ValueError(f"{algo} trains online: give --env ENV_ID (e.g. rl_seq/TMaze-v0, CartPole-v1)")
-        if nproc > 1:
-            raise ValueError(f"{algo} trains online in one process; --nproc is for the offline algorithms "
-                             "(dt, dc, ds4, lram, qt)")
     elif not dataset and init is None:
         raise ValueError(f"{algo} trains offline: give --dataset ID (see `rl-seq datasets list`)")
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
+    if nproc > 1 and not PRESETS[algo][0].data_parallel:
+        raise ValueError(f"{algo} trains in one process; --nproc is for dt, dc, ds4, lram and qt (run many runs at "
+                         "once with `rl-seq sweep`)")
     if env:
         check_env_id(env)
     return online
-
 
 
 def _torchrun(nproc: int, argv: list[str] | None, out: Path) -> dict:

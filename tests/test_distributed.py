@@ -73,10 +73,21 @@ def test_resume_with_another_number_of_processes_is_refused(tmp_path, capsys):
         capsys.readouterr().err
 
 
-@pytest.mark.parametrize("algo", ["lstm"])
-def test_nproc_is_for_offline_algorithms(algo, capsys):
-    assert main(["train", algo, "--env", "CartPole-v1", "--nproc", "2"]) == 2
-    assert "--nproc is for the offline algorithms" in capsys.readouterr().err
+@pytest.mark.parametrize("argv", [["lstm", "--env", "CartPole-v1"], ["odt", "--dataset", DATA]], ids=["lstm", "odt"])
+def test_nproc_is_for_the_data_parallel_algorithms(argv, tmp_path, capsys):
+    assert main(["train", *argv, "--nproc", "2", "--out", str(tmp_path / "r")]) == 2
+    assert "trains in one process; --nproc is for dt, dc, ds4, lram and qt" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("argv", [["lstm", "--env", "CartPole-v1"], ["odt", "--dataset", DATA]], ids=["lstm", "odt"])
+def test_a_hand_started_torchrun_of_a_one_process_algorithm_is_refused(argv, tmp_path, monkeypatch, capsys):
+    """Under ``torchrun -m rl_seq train ...`` (WORLD_SIZE > 1, the process group not joined
+    yet) lstm and odt stop before joining it, and write nothing."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", *argv, "--steps", "4", "--out", str(tmp_path / "r"), *TINY[:2]]) == 2
+    assert "trains in one process; torchrun/DDP is for dt, dc, ds4, lram and qt" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_nproc_starts_torchrun_for_the_user(tmp_path, capsys):

@@ -90,7 +90,40 @@ def test_bf16_autocast_applies_to_every_family(family):
             assert seen == {torch.float32}
 
 
-def test_an_iteration_averages_its_steps_metrics_and_reports_sps():
+def test_an_iteration_takes_a_step_per_batch_and_averages_their_metrics():
+    """``engine.iterate``: one optimiser step per collected batch (in order), the steps'
+    metrics averaged, collection's metrics beside them."""
+    from types import SimpleNamespace
+
+    from rl_seq import engine
+
+    class Algo:
+        algo, meta, progress_metrics = "toy", {}, None
+        config = SimpleNamespace(amp="off", compile="off")
+        device = torch.device("cpu")
+
+        def __init__(self):
+            self.model = nn.Linear(1, 1, bias=False)
+            self.seen, self.updates = [], 0
+
+        def collect(self, step):
+            return engine.Collected(7, (torch.tensor([[x]]) for x in (1.0, 2.0, 6.0)), {"episode_return": 5.0})
+
+        def loss(self, model, batch):
+            self.seen.append(float(batch))
+            return model(batch).sum(), {"x": batch.sum()}
+
+        def after_update(self):
+            self.updates += 1
+
+    algo = Algo()
+    opt = torch.optim.SGD(algo.model.parameters(), lr=0.0)
+    n, m = engine.iterate(algo, engine.OptimiserStep(algo, engine.Optimiser([opt], clip=1.0)), 0)
+    assert n == 7 and algo.seen == [1.0, 2.0, 6.0] and algo.updates == 3
+    assert float(m["x"]) == 3.0 and m["episode_return"] == 5.0 and {"loss", "grad_norm", "lr"} <= set(m)
+
+
+def test_every_run_reports_sps_and_odt_its_own_metrics():
     agent = FAMILIES["odt"][0]()
     out = FAMILIES["odt"][1](agent)
     assert {"loss", "nll", "entropy", "temperature", "grad_norm", "lr", "sps", "episode_return"} <= set(out["train"])

@@ -104,6 +104,7 @@ def dt_run(tmp_path_factory):
 
 @pytest.mark.parametrize("argv,needle", [
     (["--episodes", "0"], "episodes must be >= 1"),
+    (["--seed", "-1"], "seed (of the first evaluation episode) must be >= 0"),
     (["--target-return", "nan"], "finite number"),
     (["--target-return", "inf"], "finite number"),
 ])
@@ -290,6 +291,27 @@ CATALOGUE = [
     ("cuda-online", [*LSTM, "--set", "device=cuda"], "--set device=cpu"),
     ("tensorboard-not-a-bool", ["train", "dt", "--dataset", DATA, "--set", "tensorboard=maybe"],
      "tensorboard must be bool"),
+    # mixer options: each mixer refuses what it cannot build, before the run folder
+    ("agalite-eta", ["train", "relit", "--env", "CartPole-v1", "--set", "backbone.mixer_options.eta=0"],
+     "eta (the feature expansion) must be >= 1"),
+    ("agalite-r", ["train", "relit", "--env", "CartPole-v1", "--set", "backbone.mixer_options.r=0"],
+     "r (the oscillating components) must be >= 1"),
+    ("agalite-chunk-0", ["train", "relit", "--env", "CartPole-v1", "--set", "backbone.mixer_options.chunk=0"],
+     "chunk must be in [1, 16]"),
+    ("galite-chunk-17", ["train", "relit", "--env", "CartPole-v1", "--backbone", "linear",
+                         "--set", "backbone.mixer_options.chunk=17"], "chunk must be in [1, 16]"),
+    ("s4d-state-size", ["train", "ds4", "--dataset", DATA, "--set", "context=10",
+                        "--set", "backbone.mixer_options.state_size=1"], "state_size must be >= 2"),
+    ("s4d-dt", ["train", "ds4", "--dataset", DATA, "--set", "context=10", "--set", "backbone.mixer_options.dt_min=0"],
+     "0 < dt_min <= dt_max"),
+    ("xl-memory", ["train", "gtrxl", "--env", "CartPole-v1", "--set", "backbone.mixer_options.memory=0"],
+     "memory must be >= 1"),
+    ("conv-kernel", ["train", "dc", "--dataset", DATA, "--set", "backbone.mixer_options.kernel_size=0"],
+     "kernel_size must be >= 1"),
+    ("attention-window", ["train", "dt", "--dataset", DATA, "--set", "backbone.mixer_options.window=0"],
+     "window must be >= 1"),
+    ("unknown-mixer-option", ["train", "dt", "--dataset", DATA, "--set", "backbone.mixer_options.nosuch=1"],
+     "bad option for mixer 'attention'"),
 ]
 # every range of every config field, one step outside it (the value next to the valid ones)
 RANGES = [
@@ -383,9 +405,11 @@ def qt_run(tmp_path_factory):
     (["--set", "n_bins=16"], "'n_bins' is not an acting setting of qt; its acting settings are decode, "
                              "temperature, support (the rest was fixed by training"),
     (["--set", "decode=soft"], "needs the behaviour head, which this model was not trained with"),
-    (["--set", "temperature=0"], "temperature must be a finite number > 0"),
+    (["--set", "temperature=0"], "temperature must be > 0, got 0.0"),
+    (["--set", "temperature=.inf"], "temperature must be a finite number"),
+    (["--set", "temperature=hot"], "temperature must be float"),
     (["--set", "support=2"], "support must be in [0, 1]"),
-    (["--set", "decode=best"], "decode must be 'greedy' or 'soft'"),
+    (["--set", "decode=best"], "decode must be one of greedy, soft"),
 ])
 def test_bad_eval_of_a_q_transformer(qt_run, argv, needle, capsys):
     before = (qt_run / "eval.json").read_text()
@@ -492,7 +516,8 @@ def test_debug_shows_the_traceback(tmp_path):
      "wrap the env first"),
     (lambda a: a.evaluate(__import__("gymnasium").make("CartPole-v1"), episodes=1), "does not match the agent's"),
     (lambda a: a.evaluate(episodes=2, target_return=float("nan")), "finite number"),
-    (lambda a: a.evaluate(episodes=1, mode="fast"), "acting mode must be 'cached' or 'window'"),
+    (lambda a: a.evaluate(episodes=1, mode="fast"), "mode must be one of cached, window"),
+    (lambda a: a.evaluate(episodes=1, target_return="high"), "target_return must be float"),
     (lambda a: a.evaluate(episodes=1, acting="window"), "acting settings must be a dict"),
     (lambda a: a.evaluate(episodes=1, decode="soft"), "'decode' is not an acting setting of dt"),
     (lambda a: a.predict(np.zeros(4, np.float32), a.predict(np.zeros(4, np.float32))[1], acting={"mode": "window"}),

@@ -188,10 +188,11 @@ def test_fast_equals_reference_with_resets_at_chunk_edges(name):
 
 
 @pytest.mark.parametrize("name", ["linear", "agalite"])
-def test_chunk_longer_than_the_decay_floor_allows_is_refused(name):
-    m = make_mixer(name, D, H, chunk=17)
+@pytest.mark.parametrize("chunk", [0, 17])
+def test_chunk_longer_than_the_decay_floor_allows_is_refused(name, chunk):
+    """Refused when the mixer is built, before any training (and so before a run folder)."""
     with pytest.raises(ValueError, match="chunk must be in"):
-        m(torch.randn(1, 20, D))
+        make_mixer(name, D, H, chunk=chunk)
 
 
 def test_attention_dropout_only_while_training_on_both_paths():

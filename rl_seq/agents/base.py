@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from rl_seq import engine
 from rl_seq.config import EVAL_SEED, ConfigError, OfflineConfig, TrainConfig, build, to_dict
 from rl_seq.data.episodes import Episodes, flat_observation_space, normalized_score, spaces_match
-from rl_seq.distributed import distributed
+from rl_seq.distributed import world
 from rl_seq.engine import Collected, Plan
 from rl_seq.runs import seed_everything
 
@@ -75,6 +75,7 @@ class Agent:
     algo: str = ""
     config_class: type = TrainConfig
     online: bool = False  # trained in an env (learn(env=...)) rather than on a dataset
+    data_parallel: bool = True  # trains under torchrun (DDP); False: one process only
     progress_metrics: tuple[str, ...] | None = None  # shown in the progress bar (None: all)
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space,
@@ -169,9 +170,6 @@ class Agent:
                                  "(or train an offline algorithm on it: dt, dc, ds4, lram, qt)")
             if not isinstance(env, str):
                 raise TypeError(f"{self.algo} trains online: pass a Gymnasium env id, not {type(env).__name__}")
-            if distributed():
-                raise ValueError(f"{self.algo} trains online in one process; torchrun/DDP is for the offline "
-                                 "algorithms (run many online runs at once with `rl-seq sweep`)")
             data = None
         else:
             dataset = dataset if dataset is not None else source
@@ -187,6 +185,9 @@ class Agent:
                 except (gym.error.Error, ImportError, ModuleNotFoundError) as e:
                     raise ValueError(f"cannot make {data.dataset_id}'s evaluation env {data.env_id!r}: {e}; install "
                                      "what it needs, or train without evaluations (--set eval_episodes=0)") from None
+        if world()[1] > 1 and not self.data_parallel:  # checked before the process group is joined
+            raise ValueError(f"{self.algo} trains in one process; torchrun/DDP is for dt, dc, ds4, lram and qt (run "
+                             "many runs at once with `rl-seq sweep`)")
         steps = self.config.steps if steps is None else steps
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
@@ -201,7 +202,6 @@ class Agent:
                    normalized_score=s.get("normalized_score"), episodes=s["episodes"], step="")
         return dict(dataset=episodes.dataset_id, env=self.meta.get("env_id"), data=row)
 
-    # -- SB3's predict contract ---------------------------------------------------------
     # -- acting settings --------------------------------------------------------------------
     def default_acting(self) -> Any:
         """The agent's acting settings (an instance of ``acting_class``, from its config and
@@ -228,8 +228,9 @@ class Agent:
         if unknown:
             raise ValueError(f"{unknown[0]!r} is not an acting setting of {self.algo}; its acting settings are "
                              f"{', '.join(names)} (the rest was fixed by training: train again to change it)")
-        return dataclasses.replace(default, **given)
+        return build(type(default), {**dataclasses.asdict(default), **given})  # typed and checked as configs are
 
+    # -- SB3's predict contract ---------------------------------------------------------
     def predict(self, observation, state: Any = None, episode_start: np.ndarray | None = None,
                 deterministic: bool = True, rewards: np.ndarray | None = None, acting: Any = None):
         """Stable-Baselines3's ``predict``: observation [*obs_shape] or [n, *obs_shape];
@@ -308,6 +309,8 @@ class Agent:
         episodes only."""
         if episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {episodes}")
+        if seed < 0:
+            raise ValueError(f"seed (of the first evaluation episode) must be >= 0, got {seed}")
         settings = self.acting_settings(acting, **acting_fields)
         if isinstance(env, gym.vector.VectorEnv):
             venv, own = env, False

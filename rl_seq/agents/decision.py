@@ -25,7 +25,6 @@ The return-to-go starts at the target return and drops by each reward, which rea
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -131,16 +130,12 @@ class DecisionActing:
 
     target_return: float | None
     """The return to condition on (default: the first of the agent's target returns)."""
-    mode: str = "cached"
+    mode: str
     """``cached`` (the backbone's step state, constant cost per step) or ``window`` (recompute
     the last K steps, as the original DT rollout). Default: the config's ``acting``."""
 
     def __post_init__(self) -> None:
-        if self.mode not in ("cached", "window"):
-            raise ValueError(f"acting mode must be 'cached' or 'window', got {self.mode!r}")
-        if self.target_return is not None and not (isinstance(self.target_return, int | float)
-                                                   and math.isfinite(self.target_return)):
-            raise ValueError(f"the target return must be a finite number, got {self.target_return!r}")
+        check_choice(self, "mode", ("cached", "window"))
 
 
 @dataclass

@@ -46,7 +46,6 @@ from rl_seq.agents.base import adamw, warmup
 from rl_seq.agents.decision import DecisionAgent, DecisionConfig
 from rl_seq.config import check_range
 from rl_seq.data import Episodes, SegmentSampler
-from rl_seq.distributed import distributed
 from rl_seq.engine import Collected, Optimiser, Plan
 
 
@@ -144,6 +143,7 @@ class ODTAgent(DecisionAgent):
     algo = "odt"
     config_class = ODTConfig
     stochastic = True
+    data_parallel = False  # its online phase collects trajectories in one process
     progress_metrics = ("loss", "entropy", "temperature", "episode_return")
 
     def _build(self) -> nn.Module:
@@ -175,8 +175,6 @@ class ODTAgent(DecisionAgent):
     # -- training (the engine's protocol) -----------------------------------------------------
     def prepare(self, steps: int, dataset: Episodes, env: str | None, online_steps: int | None = None) -> Plan:
         cfg = self.config
-        if distributed():
-            raise ValueError("odt trains online in one process; torchrun/DDP is for dt, dc, ds4, lram and qt")
         online_steps = cfg.online_steps if online_steps is None else online_steps
         self.setup_from_data(dataset)
         info = self._data_info(dataset, env)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from rl_seq.agents.base import Agent, fused
-from rl_seq.agents.rollout import Carry, Rollout, RunningMeanStd, collect, tree_index, tree_stack
+from rl_seq.agents.rollout import Carry, Rollout, RunningMeanStd, collect_rollout, tree_index, tree_stack
 from rl_seq.config import ConfigError, TrainConfig, check_choice, check_range
 from rl_seq.engine import Collected, Optimiser, Plan
 from rl_seq.nets import Backbone, BackboneConfig, CategoricalHead, GaussianHead, ValueHead
@@ -212,6 +212,7 @@ class PPOAgent(Agent):
     algo = "lstm"
     config_class = PPOConfig
     online = True
+    data_parallel = False
     progress_metrics = ("episode_return", "success_rate", "sps")
     obs_rms: RunningMeanStd | None = None  # running statistics (norm_obs / norm_reward), set by prepare
     ret_rms: RunningMeanStd | None = None
@@ -294,7 +295,7 @@ class PPOAgent(Agent):
 
     def rollout(self, venv: gym.vector.VectorEnv, c: Carry, T: int, L: int) -> Rollout:
         """``T`` steps of every env from ``c`` (updated in place), states stored every ``L``."""
-        return collect(self, venv, c, T, L, self.obs_rms, self.ret_rms)
+        return collect_rollout(self, venv, c, T, L, self.obs_rms, self.ret_rms)
 
     def prepare(self, steps: int, dataset: None, env: str) -> Plan:
         """Each iteration collects ``n_steps`` in each of ``n_envs`` envs, then takes
@@ -302,7 +303,7 @@ class PPOAgent(Agent):
         cfg = self.config
         self.meta.update(env_id=env, env_kwargs=cfg.env_kwargs)
         self.train_env = self.make_train_env(env)
-        self.n_updates = max(1, steps // (cfg.n_envs * cfg.n_steps))
+        self.n_updates = max(1, steps // (cfg.n_envs * cfg.n_steps)) if steps > 0 else 0  # whole rollouts
         self.optimizer = fused(torch.optim.Adam, self.model.parameters(), lr=cfg.lr, eps=1e-5)
         self.obs_rms = RunningMeanStd(self.observation_space.shape) if cfg.norm_obs else None
         self.ret_rms = RunningMeanStd() if cfg.norm_reward else None

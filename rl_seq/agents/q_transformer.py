@@ -110,11 +110,16 @@ class QTConfig(OfflineConfig):
         check_range(self, "gamma", 0, 1, lo_open=True, hi_open=True)
         check_range(self, "tau", 0, 1, lo_open=True)
         check_range(self, "conservative_weight", 0)
-        check_range(self, "support", 0, 1)
-        check_range(self, "temperature", 0, lo_open=True)
         check_choice(self, "heads", ("per_dim", "shared"))
-        check_choice(self, "decode", ("greedy", "soft"))
         check_choice(self, "reward_floor", ("zero", "data_min"))
+        self.check_acting(self)
+
+    @staticmethod
+    def check_acting(cfg: QTConfig | QTActing) -> None:
+        """The checks of the fields a trained qt's acting settings may change (QTActing)."""
+        check_range(cfg, "support", 0, 1)
+        check_range(cfg, "temperature", 0, lo_open=True)
+        check_choice(cfg, "decode", ("greedy", "soft"))
 
 
 class QTModel(nn.Module):
@@ -226,23 +231,18 @@ def with_final_steps(ep: Episodes) -> tuple[Episodes, np.ndarray, np.ndarray]:
 class QTActing:
     """How a Q-Transformer acts: given to ``predict`` / ``evaluate`` (or ``rl-seq eval --set``),
     held in the acting state; the model is not touched. Defaults: the config's fields of the
-    same names (see :class:`QTConfig` for their meaning)."""
+    same names (see :class:`QTConfig` for their meaning and their checks)."""
 
-    decode: str = "greedy"
+    decode: str
     """``greedy`` (argmax of Q over the allowed bins) or ``soft`` (behaviour bins reweighted by
     exp(Q / temperature))."""
-    temperature: float = 0.3
+    temperature: float
     """``soft`` decoding's temperature, > 0."""
-    support: float = 0.0
+    support: float
     """Bins within this factor of the behaviour head's most likely one are allowed, in [0, 1]."""
 
     def __post_init__(self) -> None:
-        if self.decode not in ("greedy", "soft"):
-            raise ValueError(f"decode must be 'greedy' or 'soft', got {self.decode!r}")
-        if not (isinstance(self.temperature, int | float) and self.temperature > 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
-        if not (isinstance(self.support, int | float) and 0 <= self.support <= 1):
-            raise ValueError(f"support must be in [0, 1], got {self.support!r}")
+        QTConfig.check_acting(self)
 
 
 @dataclass

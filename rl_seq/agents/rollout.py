@@ -98,7 +98,7 @@ def tree_index(state, idx: Tensor):
 
 
 @torch.no_grad()
-def collect(agent: PPOAgent, venv: gym.vector.VectorEnv, c: Carry, T: int, L: int,
+def collect_rollout(agent: PPOAgent, venv: gym.vector.VectorEnv, c: Carry, T: int, L: int,
             obs_rms: RunningMeanStd | None = None, ret_rms: RunningMeanStd | None = None) -> Rollout:
     """T steps of every env. Under NEXT_STEP autoreset the step after an episode's end
     feeds its final observation ("dummy": valid=False, action ignored by the env, reward

@@ -143,6 +143,13 @@ LOG_DECAY_FLOOR = -5.0  # per-step log-decay floor of the gated recurrences
 MAX_CHUNK = 16  # chunk · |floor| <= 80 keeps exp(±L) inside fp32
 
 
+def check_chunk(chunk: int) -> int:
+    """``chunk`` if it is a chunk length the chunked kernels can take, else a ValueError."""
+    if not 1 <= chunk <= MAX_CHUNK:
+        raise ValueError(f"chunk must be in [1, {MAX_CHUNK}] for the decay floor to keep e^(±L) finite, got {chunk}")
+    return chunk
+
+
 class Chunks:
     """A [B, T] reset mask cut into n chunks of length c (T padded at the end to n·c), with
     the per-chunk masks the chunked parallel forms need:
@@ -157,9 +164,7 @@ class Chunks:
     a full-size zero gradient per slice."""
 
     def __init__(self, resets: Tensor, chunk: int, dtype: torch.dtype) -> None:
-        if not 1 <= chunk <= MAX_CHUNK:
-            raise ValueError(f"chunk must be in [1, {MAX_CHUNK}] for the decay floor to keep e^(±L) finite, "
-                             f"got {chunk}")
+        check_chunk(chunk)
         B, T = resets.shape
         self.T, self.c = T, chunk
         self.n = -(-T // chunk)

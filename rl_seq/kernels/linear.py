@@ -40,6 +40,7 @@ from rl_seq.kernels.base import (
     Mixer,
     State,
     alive,
+    check_chunk,
     positions_in_segment,
 )
 from rl_seq.kernels.conv import CausalConv
@@ -51,6 +52,8 @@ class _GatedLinearBase(Mixer):
         super().__init__(d_model, n_heads, backend)
         if conv < 0:
             raise ValueError(f"conv must be >= 0 taps (0 = off), got {conv}")
+        if eta < 1:
+            raise ValueError(f"eta (the feature expansion) must be >= 1, got {eta}")
         self.conv = CausalConv(d_model, kernel_size=conv, backend=backend) if conv else None
         self.skip = nn.Parameter(torch.ones(d_model)) if conv else None
         self.eta = eta
@@ -121,7 +124,7 @@ class GaLiTe(_GatedLinearBase):
     def __init__(self, d_model: int, n_heads: int = 4, *, eta: int = 4, chunk: int = 16,
                  gate_bias: float = 0.0, conv: int = 0, backend: str = "torch") -> None:
         super().__init__(d_model, n_heads, eta, gate_bias, conv, backend)
-        self.chunk = chunk
+        self.chunk = check_chunk(chunk)
 
     def _init_own(self, batch_size: int, device=None) -> State:
         H = self.n_heads
@@ -181,7 +184,9 @@ class AGaLiTe(_GatedLinearBase):
     def __init__(self, d_model: int, n_heads: int = 4, *, eta: int = 4, r: int = 4, chunk: int = 16,
                  gate_bias: float = 0.0, conv: int = 0, backend: str = "torch") -> None:
         super().__init__(d_model, n_heads, eta, gate_bias, conv, backend)
-        self.r, self.chunk = r, chunk
+        if r < 1:
+            raise ValueError(f"r (the oscillating components) must be >= 1, got {r}")
+        self.r, self.chunk = r, check_chunk(chunk)
         # r distinct frequencies in (0, π]: cos is even, so ±ω would duplicate components
         self.register_buffer("omegas", math.pi * torch.arange(1, r + 1) / r, persistent=False)
 

@@ -32,6 +32,10 @@ class S4D(Mixer):
     def __init__(self, d_model: int, n_heads: int = 1, *, state_size: int = 64,
                  dt_min: float = 1e-3, dt_max: float = 1e-1, backend: str = "torch") -> None:
         super().__init__(d_model, 1, backend)
+        if state_size < 2:
+            raise ValueError(f"state_size must be >= 2 (state_size // 2 complex modes), got {state_size}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"the step sizes must satisfy 0 < dt_min <= dt_max, got {dt_min} and {dt_max}")
         n = state_size // 2
         self.n_modes = n
         self.log_dt = nn.Parameter(

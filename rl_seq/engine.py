@@ -69,6 +69,9 @@ class Optimiser:
     """Stepped after every optimiser step."""
     clip: float | None = None
     """Clip the gradient norm of the model's parameters to this (None: no clip)."""
+    clipped: list[nn.Parameter] | None = None
+    """The parameters ``clip`` applies to (None: all the model's; vdt: its actor's, not its
+    critic's)."""
 
 
 @dataclass
@@ -185,7 +188,8 @@ class OptimiserStep:
         loss.backward()
         out = {"loss": loss.detach(), **metrics}
         if self.opt.clip is not None:
-            out["grad_norm"] = nn.utils.clip_grad_norm_(self.algo.model.parameters(), self.opt.clip)
+            out["grad_norm"] = nn.utils.clip_grad_norm_(
+                self.algo.model.parameters() if self.opt.clipped is None else self.opt.clipped, self.opt.clip)
         out["lr"] = self.opt.optimizers[0].param_groups[0]["lr"]
         for o in self.opt.optimizers:
             o.step()

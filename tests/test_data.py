@@ -112,6 +112,17 @@ def test_sampler_windows_masks_and_padding():
         assert b["episode_start"][i].sum() == 1 and b["episode_start"][i][5 - n]
 
 
+def test_sampler_extras_keep_their_dtype():
+    """Padding must not turn a bool extra into integers: ``~`` of an int64 flag is -1 or -2, so
+    an int ``terminal`` flag flipped the sign of every bootstrap at an episode's end."""
+    ep = make_eps([3, 10])
+    flags = np.zeros(ep.num_steps, bool)
+    flags[ep.offsets[1:] - 1] = True
+    b = SegmentSampler(ep, 5, seed=0, extra=dict(last=flags, w=np.ones(ep.num_steps, np.float32))).sample(64)
+    assert b["last"].dtype == bool and b["w"].dtype == np.float32
+    assert not b["last"][~b["mask"]].any() and b["last"][b["mask"]].any()
+
+
 def test_sampler_is_length_weighted():
     ep = make_eps([10, 30])
     s = SegmentSampler(ep, context=4, seed=1)

@@ -156,7 +156,7 @@ def test_dataset_from_minari_with_env_trains_and_evaluates(store):
     assert out["last"]["episodes"] == 2 and out["last"]["normalized_score"] is not None
 
 
-@pytest.mark.parametrize("algo", ["dt", "dc", "ds4", "lram", "qt"])
+@pytest.mark.parametrize("algo", ["dt", "dc", "ds4", "lram", "qt", "vdt"])
 def test_bf16_autocast_trains_like_float32(algo):
     """``amp=bf16`` (the GPU default) runs every offline algorithm; CPU autocast checks the path."""
     losses, weights = {}, {}

@@ -20,12 +20,15 @@ OFFLINE = dict(backbone=dict(d_model=16, n_layers=1), batch_size=4, context=3, w
                eval_episodes=0, log_every=1, threads=1)
 PPO = dict(n_envs=2, n_steps=16, seq_len=8, n_minibatches=2, n_epochs=1, eval_every=0, eval_episodes=0, log_every=1,
            threads=1, env_kwargs=dict(corridor_length=2), backbone=dict(d_model=16))
-# one agent of each training family: offline BC, offline Q-learning, offline -> online, online PPO
+# one agent of each training family: offline BC, offline Q-learning, offline actor-critic, offline -> online,
+# online PPO
 FAMILIES = {
     "dt": (lambda **kw: rl_seq.make_agent("dt", dataset=DATA, **OFFLINE, **kw),
            lambda a: a.learn(DATA, steps=2)),
     "qt": (lambda **kw: rl_seq.make_agent("qt", dataset=DATA, **OFFLINE, **kw),
            lambda a: a.learn(DATA, steps=2)),
+    "vdt": (lambda **kw: rl_seq.make_agent("vdt", dataset=DATA, **OFFLINE, **kw),
+            lambda a: a.learn(DATA, steps=2)),
     "odt": (lambda **kw: rl_seq.make_agent("odt", dataset=DATA, **OFFLINE, updates_per_trajectory=2, **kw),
             lambda a: a.learn(DATA, steps=1, online_steps=5)),
     "lstm": (lambda **kw: rl_seq.make_agent("lstm", "rl_seq/TMaze-v0", **PPO, **kw),
@@ -121,6 +124,33 @@ def test_an_iteration_takes_a_step_per_batch_and_averages_their_metrics():
     n, m = engine.iterate(algo, engine.OptimiserStep(algo, engine.Optimiser([opt], clip=1.0)), 0)
     assert n == 7 and algo.seen == [1.0, 2.0, 6.0] and algo.updates == 3
     assert float(m["x"]) == 3.0 and m["episode_return"] == 5.0 and {"loss", "grad_norm", "lr"} <= set(m)
+
+
+def test_the_clip_applies_to_the_parameters_named():
+    """``Optimiser.clipped``: only those parameters' gradient norm is clipped (vdt: the
+    policy's, not the critic's)."""
+    from types import SimpleNamespace
+
+    from rl_seq import engine
+
+    class Algo:
+        config, device = SimpleNamespace(amp="off", compile="off"), torch.device("cpu")
+
+        def __init__(self):
+            self.model = nn.ModuleDict(dict(a=nn.Linear(1, 1, bias=False), b=nn.Linear(1, 1, bias=False)))
+
+        def loss(self, model, batch):
+            return 100 * (self.model["a"](batch) + self.model["b"](batch)).sum(), {}
+
+        def after_update(self):
+            pass
+
+    algo = Algo()
+    opt = torch.optim.SGD(algo.model.parameters(), lr=0.0)
+    engine.OptimiserStep(algo, engine.Optimiser([opt], clip=1.0, clipped=list(algo.model["a"].parameters())))(
+        torch.ones(1, 1))
+    assert algo.model["a"].weight.grad.abs().item() == pytest.approx(1.0)
+    assert algo.model["b"].weight.grad.abs().item() == pytest.approx(100.0)
 
 
 def test_every_run_reports_sps_and_odt_its_own_metrics():

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import rl_seq
-from rl_seq.agents.q_transformer import targets, td_and_conservative, with_final_steps
+from rl_seq.agents.bootstrap import with_final_steps
+from rl_seq.agents.q_transformer import targets, td_and_conservative
 from rl_seq.config import ConfigError
 
 

@@ -11,6 +11,7 @@ from rl_seq.agents.decision import DecisionAgent, DecisionConfig
 from rl_seq.agents.odt import ODTAgent, ODTConfig
 from rl_seq.agents.ppo import PPOAgent, PPOConfig
 from rl_seq.agents.q_transformer import QTAgent, QTConfig
+from rl_seq.agents.value_guided import VDTAgent, VDTConfig
 from rl_seq.config import build, merge, read_layers, to_dict
 from rl_seq.kernels import MIXERS, mixer_options
 
@@ -28,6 +29,9 @@ PRESETS: dict[str, tuple[type[Agent], dict, str]] = {
             "Decision-S4: return-conditioned BC on long windows, S4D state space"),
     "lram": (DecisionAgent, dict(backbone=dict(mixer="mlstm", n_heads=4)),
              "xLSTM Large Recurrent Action Model: return-conditioned BC, mLSTM"),
+    "vdt": (VDTAgent, dict(backbone=dict(mixer="attention", n_heads=1, activation="relu",
+                                                          init="gpt2", mixer_options=dict(dropout=0.1))),
+            "value-guided Decision Transformer: dt regularised by a learnt critic (Q-value Regularized Transformer)"),
     "qt": (QTAgent, dict(backbone=dict(mixer="attention", n_heads=1)),
            "Q-Transformer: per-dimension autoregressive Q-learning, causal softmax attention"),
     "gtrxl": (PPOAgent, dict(backbone=dict(mixer="xl_attention", block="gtrxl", d_model=64, n_layers=2, n_heads=4,
@@ -103,4 +107,5 @@ def load_agent(path) -> Agent:
 
 
 __all__ = ["Agent", "EvalResult", "DecisionAgent", "DecisionConfig", "ODTAgent", "ODTConfig", "QTAgent", "QTConfig",
-           "PPOAgent", "PPOConfig", "ALGOS", "PRESETS", "make_agent", "load_agent", "config_for"]
+           "VDTAgent", "VDTConfig", "PPOAgent", "PPOConfig", "ALGOS", "PRESETS", "make_agent", "load_agent",
+           "config_for"]

@@ -190,11 +190,11 @@ class DecisionAgent(Agent):
         return Collected(1, [self.batch(self.sampler, self.config.batch_size)])
 
     def batch(self, sampler: SegmentSampler, batch_size: int) -> dict:
-        """``batch_size`` windows from ``sampler``, on the device, as the model's fields."""
+        """``batch_size`` windows from ``sampler`` (:meth:`SegmentSampler.sample`), on the
+        device, with ``fields``: the model's inputs."""
         b = {k: torch.as_tensor(v, device=self.device) for k, v in sampler.sample(batch_size).items()}
         obs = b["obs"].float() if b["obs"].is_floating_point() else b["obs"]
-        return dict(fields=self.model.fields(obs, b["act"], b["rtg"], b["timestep"]), act=b["act"],
-                    episode_start=b["episode_start"], mask=b["mask"])
+        return dict(b, fields=self.model.fields(obs, b["act"], b["rtg"], b["timestep"]))
 
     def loss(self, model: Callable, b: dict) -> tuple[torch.Tensor, dict]:
         """Mean squared error of the tanh-scaled actions (cross-entropy on discrete ones) over the

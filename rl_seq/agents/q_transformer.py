@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from rl_seq.agents.base import Agent, adamw, warmup
+from rl_seq.agents.bootstrap import n_step_targets, with_final_steps
 from rl_seq.config import OfflineConfig, check_choice, check_range
 from rl_seq.data import Episodes, SegmentSampler
 from rl_seq.distributed import rank_seed
@@ -162,35 +163,16 @@ def targets(q_tgt: Tensor, rew: Tensor, final: Tensor, terminal: Tensor, valid: 
     """Per-dimension Bellman targets over a window.
 
     q_tgt: [B, L, d, nb] target-network Q; allowed: [B, L, d, nb] the bins the max may take
-    (None: all); rew, mc: [B, L] scaled rewards and Monte-Carlo
-    returns; final: [B, L] the step holds an episode's final observation (no action);
-    terminal: [B, L] that final step ends by termination; valid: [B, L] real steps.
-    Returns y [B, L, d] and trainable [B, L] (real, not final, and the n-step lookahead fits
-    in the window or reaches the episode's end).
+    (None: all); rew, mc: [B, L] scaled rewards and Monte-Carlo returns; final, terminal,
+    valid: [B, L] as in :func:`~rl_seq.agents.bootstrap.n_step_targets`, which gives the last
+    dimension's n-step return (bootstrapped from the first dimension's max). Returns y
+    [B, L, d] and trainable [B, L].
     """
-    B, L, d, _ = q_tgt.shape
     best = (q_tgt if allowed is None else q_tgt.masked_fill(~allowed, -torch.inf)).max(-1).values  # [B, L, d]
-    pad = lambda x, v: torch.cat([x, x.new_full((B, n + 1, *x.shape[2:]), v)], 1)  # noqa: E731
-    rew_p, final_p, term_p = pad(rew, 0.0), pad(final, False), pad(terminal, False)
-    v0 = pad(best[..., 0], 0.0)
-    inside = pad(torch.ones_like(valid), False)
-    G = torch.zeros_like(rew)
-    boot = torch.zeros_like(rew)
-    live = torch.ones_like(valid)
-    ended = torch.zeros_like(valid)
-    for k in range(n):
-        G = G + live * gamma**k * rew_p[:, k:k + L]
-        nxt_final = final_p[:, k + 1:k + 1 + L]
-        reach = live & nxt_final
-        boot = boot + reach * gamma ** (k + 1) * (~term_p[:, k + 1:k + 1 + L]) * v0[:, k + 1:k + 1 + L]
-        ended = ended | reach
-        live = live & ~nxt_final
-    boot = boot + live * gamma**n * v0[:, n:n + L]
-    y_last = G + boot
+    y_last, trainable = n_step_targets(best[..., 0], rew, final, terminal, valid, gamma, n)
     y = torch.cat([best[..., 1:], y_last[..., None]], -1)
     if mc_lower_bound:
         y = torch.maximum(y, mc[..., None])
-    trainable = valid & ~final & (ended | inside[:, n:n + L])
     return y, trainable
 
 
@@ -204,27 +186,6 @@ def td_and_conservative(q: Tensor, bins: Tensor, y: Tensor, trainable: Tensor) -
     others = torch.ones_like(q).scatter_(-1, bins[..., None], 0.0)
     cons = ((q**2 * others).sum(-1) / others.sum(-1) * m).sum() / (m.sum() * q.shape[2]).clamp_min(1)
     return td, cons
-
-
-def with_final_steps(ep: Episodes) -> tuple[Episodes, np.ndarray, np.ndarray]:
-    """Each episode followed by one step holding its final observation (zero action and
-    reward), so windows can bootstrap from it. Returns the episodes, ``final`` [N+E] and
-    ``terminal`` [N+E] (that final step ends a terminated episode)."""
-    E = ep.num_episodes
-    at = ep.offsets[1:]
-    obs = np.insert(ep.observations, at, ep.final_observations, axis=0)
-    act = np.insert(ep.actions, at, np.zeros_like(ep.actions[:E]), axis=0)
-    rew = np.insert(ep.rewards, at, np.zeros(E, ep.rewards.dtype))
-    offsets = ep.offsets + np.arange(E + 1)
-    final = np.zeros(len(rew), bool)
-    final[offsets[1:] - 1] = True
-    terminal = np.zeros(len(rew), bool)
-    terminal[offsets[1:] - 1] = ep.terminations[at - 1]
-    zeros = np.zeros(len(rew), bool)
-    aug = Episodes(obs, act, rew, zeros.copy(), zeros.copy(), offsets, ep.final_observations,
-                   ep.observation_space, ep.action_space, ep.ref_min_score, ep.ref_max_score,
-                   ep.env_id, ep.dataset_id, ep.env_kwargs)
-    return aug, final, terminal
 
 
 @dataclass

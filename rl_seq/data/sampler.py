@@ -77,7 +77,7 @@ class SegmentSampler:
         out.update({k: v[idx] for k, v in self.extra.items()})
         for k in ("obs", "act", "rew", "rtg", "timestep", *self.extra):
             m = mask.reshape(mask.shape + (1,) * (out[k].ndim - 2))
-            out[k] = np.where(m, out[k], 0)
+            out[k] = np.where(m, out[k], out[k].dtype.type(0))  # keeps the dtype (bool extras stay bool)
         out["episode_start"] = mask & (out["timestep"] == 0)
         # the first real token of a window starts a fresh context even mid-episode
         out["episode_start"] |= mask & ~np.concatenate([np.zeros((batch_size, 1), bool), mask[:, :-1]], 1)

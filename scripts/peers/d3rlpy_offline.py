@@ -1,15 +1,24 @@
-"""d3rlpy's DecisionTransformer on a local Minari dataset, for ``scripts/bench_peers.py``.
+"""d3rlpy's offline algorithms on a local Minari dataset, for ``scripts/bench_peers.py``.
 
 Runs in its own virtualenv (d3rlpy 2.8.1 pins gymnasium 1.0), never imports rl_seq, and prints
-one JSON line on stdout (d3rlpy's logs go to stderr). The recipe is d3rlpy's D4RL
-reproduction of the Decision Transformer: context 20, 3 layers, 1 head, embed 128, dropout
-0.1, AdamW lr 1e-4 / wd 1e-4, clip 0.25, batch 64, reward scale 1e-3, standard observation
-scaling; the warm-up is an argument. Evaluation: ``episodes`` episodes with env seeds
-``eval_seed, eval_seed+1, ...`` through d3rlpy's stateful wrapper (window recompute), at the
-end and every ``--eval-every`` steps (as rl_seq's periodic evaluations; each one is also
-appended to ``--evals-file``, so a stopped job leaves what it measured).
+one JSON line on stdout (d3rlpy's logs go to stderr). Recipes (d3rlpy's D4RL reproduction
+scripts, reproductions/offline/*.py):
 
-    python scripts/peers/d3rlpy_dt.py hopper/medium-v0 --steps 5000 --warmup 1000 --seed 0 \\
+- ``dt``: DecisionTransformer, context 20, 3 layers, 1 head, embed 128, dropout 0.1, AdamW lr
+  1e-4 / wd 1e-4, clip 0.25, batch 64, reward scale 1e-3, standard observation scaling; the
+  warm-up is an argument.
+- ``tacr``: TACR, the same transformer actor (lr 1e-4, the same warm-up) with d3rlpy's critic.
+- ``iql``: IQL, actor/critic lr 3e-4, batch 256, expectile 0.7, weight temperature 3, max weight
+  100, returns scaled by 1000 / (max - min episode return), cosine actor schedule over the run.
+- ``td3bc``: TD3+BC, lr 3e-4, batch 256, alpha 2.5, actor updated every 2 steps, target smoothing
+  0.2 / 0.5, standard observation scaling.
+
+Evaluation: ``episodes`` episodes with env seeds ``eval_seed, eval_seed+1, ...``, deterministic
+(the transformers through d3rlpy's stateful wrapper at ``--target-return``: window recompute), at
+the end and every ``--eval-every`` steps (each also appended to ``--evals-file``, so a stopped
+job leaves what it measured).
+
+    python scripts/peers/d3rlpy_offline.py dt hopper/medium-v0 --steps 5000 --warmup 1000 --seed 0 \\
         --eval-seed 10000 --episodes 10 --target-return 3600 [--device cuda:0]
 """
 
@@ -39,15 +48,45 @@ def to_mdp(mds, np, d3rlpy):
                                      action_space=d3rlpy.ActionSpace.CONTINUOUS)
 
 
+def make_algo(a, d3rlpy):
+    """The d3rlpy config of ``a.algo`` (module docstring)."""
+    std = d3rlpy.preprocessing.StandardObservationScaler()
+    if a.algo in ("dt", "tacr"):
+        if a.target_return is None:
+            raise SystemExit(f"{a.algo} needs --target-return")
+        common = dict(batch_size=64, context_size=20, num_heads=1, num_layers=3, max_timestep=1000,
+                      encoder_factory=d3rlpy.models.VectorEncoderFactory([128], exclude_last_activation=True),
+                      observation_scaler=std, reward_scaler=d3rlpy.preprocessing.MultiplyRewardScaler(0.001),
+                      position_encoding_type=d3rlpy.PositionEncodingType.SIMPLE)
+        optim = d3rlpy.optimizers.AdamWFactory(
+            weight_decay=1e-4, clip_grad_norm=0.25,
+            lr_scheduler_factory=d3rlpy.optimizers.WarmupSchedulerFactory(warmup_steps=a.warmup))
+        if a.algo == "dt":
+            return d3rlpy.algos.DecisionTransformerConfig(learning_rate=1e-4, attn_dropout=0.1, resid_dropout=0.1,
+                                                          embed_dropout=0.1, optim_factory=optim, **common)
+        common["actor_encoder_factory"] = common.pop("encoder_factory")
+        return d3rlpy.algos.TACRConfig(actor_learning_rate=1e-4, actor_optim_factory=optim, **common)
+    if a.algo == "iql":
+        return d3rlpy.algos.IQLConfig(
+            actor_learning_rate=3e-4, critic_learning_rate=3e-4, batch_size=256, weight_temp=3.0, max_weight=100.0,
+            expectile=0.7, reward_scaler=d3rlpy.preprocessing.ReturnBasedRewardScaler(multiplier=1000.0),
+            actor_optim_factory=d3rlpy.optimizers.AdamFactory(
+                lr_scheduler_factory=d3rlpy.optimizers.CosineAnnealingLRFactory(T_max=a.steps)))
+    return d3rlpy.algos.TD3PlusBCConfig(
+        actor_learning_rate=3e-4, critic_learning_rate=3e-4, batch_size=256, target_smoothing_sigma=0.2,
+        target_smoothing_clip=0.5, alpha=2.5, update_actor_interval=2, observation_scaler=std)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("algo", choices=["dt", "tacr", "iql", "td3bc"])
     p.add_argument("dataset")
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--warmup", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-seed", type=int, default=10_000)
     p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--target-return", type=float, required=True)
+    p.add_argument("--target-return", type=float, default=None, help="dt and tacr: the return they condition on")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     p.add_argument("--eval-every", type=int, default=0, help="also evaluate every this many steps (0: at the end)")
@@ -68,27 +107,21 @@ def main() -> None:
         mds = minari.load_dataset(a.dataset)
         data = to_mdp(mds, np, d3rlpy)
         env = mds.recover_environment(eval_env=True)
-        dt = d3rlpy.algos.DecisionTransformerConfig(
-            batch_size=64, learning_rate=1e-4, context_size=20, num_heads=1, num_layers=3,
-            attn_dropout=0.1, resid_dropout=0.1, embed_dropout=0.1, max_timestep=1000,
-            optim_factory=d3rlpy.optimizers.AdamWFactory(
-                weight_decay=1e-4, clip_grad_norm=0.25,
-                lr_scheduler_factory=d3rlpy.optimizers.WarmupSchedulerFactory(warmup_steps=a.warmup)),
-            encoder_factory=d3rlpy.models.VectorEncoderFactory([128], exclude_last_activation=True),
-            observation_scaler=d3rlpy.preprocessing.StandardObservationScaler(),
-            reward_scaler=d3rlpy.preprocessing.MultiplyRewardScaler(0.001),
-            position_encoding_type=d3rlpy.PositionEncodingType.SIMPLE,
-        ).create(device=False if a.device == "cpu" else a.device)
+        algo = make_algo(a, d3rlpy).create(device=False if a.device == "cpu" else a.device)
+        sequence = a.algo in ("dt", "tacr")
 
         def evaluate(step: int) -> dict:
-            policy = dt.as_stateful_wrapper(target_return=a.target_return)
+            policy = algo.as_stateful_wrapper(target_return=a.target_return) if sequence else None
             returns, lengths, t1 = [], [], time.perf_counter()
             for i in range(a.episodes):
-                policy.reset()
+                if sequence:
+                    policy.reset()
                 obs, _ = env.reset(seed=a.eval_seed + i)
                 reward, ret, n, done = 0.0, 0.0, 0, False
                 while not done:
-                    obs, reward, term, trunc, _ = env.step(policy.predict(np.asarray(obs, np.float32), float(reward)))
+                    x = np.asarray(obs, np.float32)
+                    act = policy.predict(x, float(reward)) if sequence else algo.predict(x[None])[0]
+                    obs, reward, term, trunc, _ = env.step(act)
                     ret, n, done = ret + float(reward), n + 1, term or trunc
                 returns.append(ret)
                 lengths.append(n)
@@ -104,19 +137,19 @@ def main() -> None:
 
         evals, eval_s, t0 = [], [0.0], time.perf_counter()
 
-        def periodic(algo, epoch: int, step: int) -> None:
+        def periodic(_algo, epoch: int, step: int) -> None:
             if a.eval_every and step % a.eval_every == 0 and step < a.steps:
                 t = time.perf_counter()
                 evals.append(evaluate(step))
                 eval_s[0] += time.perf_counter() - t
 
-        dt.fit(data, n_steps=a.steps, n_steps_per_epoch=a.steps, show_progress=False,
-               logger_adapter=d3rlpy.logging.NoopAdapterFactory(), save_interval=10**9, callback=periodic)
+        algo.fit(data, n_steps=a.steps, n_steps_per_epoch=a.steps, show_progress=False,
+                 logger_adapter=d3rlpy.logging.NoopAdapterFactory(), save_interval=10**9, callback=periodic)
         train_s = time.perf_counter() - t0 - eval_s[0]
         last = evaluate(a.steps)
         evals.append(last)
         best = max(evals, key=lambda e: e["mean_return"])
-    print(json.dumps(dict(lib="d3rlpy", version=d3rlpy.__version__, dataset=a.dataset, seed=a.seed,
+    print(json.dumps(dict(lib="d3rlpy", algo=a.algo, version=d3rlpy.__version__, dataset=a.dataset, seed=a.seed,
                           steps=a.steps, device=a.device, train_s=train_s, train_step_s=train_s / a.steps,
                           **{k: last[k] for k in ("returns", "lengths", "normalized_scores", "normalized_score",
                                                   "act_ms_per_step")},

@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     keys = "\n\n".join(sections)
     t = sub.add_parser("train", help="train an agent", epilog=EPILOGS["train"] + keys,
                        formatter_class=fmt, description="Train ALGO offline on a Minari dataset "
-                       "(--dataset; dt dc ds4 lram qt; odt offline then online) or online in a Gymnasium env "
+                       "(--dataset; dt dc ds4 lram vdt qt; odt offline then online) or online in a Gymnasium env "
                        "(--env; gtrxl relit lstm), evaluating periodically.")
     t.add_argument("algo", help=f"one of {', '.join(PRESETS)}")
     t.add_argument("--dataset", help="offline algorithms: Minari dataset id (local, built-in, or --download)")

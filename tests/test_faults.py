@@ -342,6 +342,11 @@ RANGES = [
                ("temperature", 0, "temperature must be > 0"), ("conservative_weight", -1, "must be >= 0"),
                ("heads", "all", "heads must be one of"), ("decode", "best", "decode must be one of"),
                ("reward_floor", "one", "reward_floor must be one of"), ("context", 0, "context must be >= 1")],
+        "vdt": [("eta", -1, "eta must be >= 0"), ("gamma", 1, "gamma must be in (0, 1)"),
+                ("gamma", 0, "gamma must be in (0, 1)"), ("n_step", 0, "n_step must be >= 1"),
+                ("tau", 0, "tau must be in (0, 1]"), ("tau", 1.5, "tau must be in (0, 1]"),
+                ("critic_lr", 0, "critic_lr must be > 0"), ("critic_hidden", 0, "critic_hidden must be >= 1"),
+                ("context", 0, "context must be >= 1")],
         "odt": [("online_steps", -1, "online_steps must be >= 0"), ("buffer_size", 0, "buffer_size must be >= 1"),
                 ("updates_per_trajectory", -1, "must be >= 0"), ("online_target_scale", 0.5, "must be >= 1"),
                 ("init_temperature", 0, "init_temperature must be > 0"), ("temperature_lr", 0, "must be > 0"),
@@ -355,7 +360,7 @@ RANGES = [
                  ("target_kl", 0, "target_kl must be > 0"), ("max_timestep", -1, "max_timestep must be >= 0"),
                  ("start_states", "fresh", "start_states must be one of"), ("layout", "obs,prev_act", "one token")],
     }.items() for key, value, needle in cases]
-SOURCE = {"dt": ["--dataset", DATA], "qt": ["--dataset", DATA], "odt": ["--dataset", DATA],
+SOURCE = {"dt": ["--dataset", DATA], "qt": ["--dataset", DATA], "vdt": ["--dataset", DATA], "odt": ["--dataset", DATA],
           "lstm": ["--env", "CartPole-v1"]}
 REF_ORDER = "ref_min_score (5.0) must be below ref_max_score (1.0)"
 CATALOGUE += [(f"{algo}-{key}={value}", ["train", algo, *SOURCE[algo], "--set", f"{key}={value}",

@@ -33,6 +33,12 @@ def test_n_step_targets_stop_at_termination_and_bootstrap_after_truncation():
     assert torch.allclose(y2[0, :2], torch.tensor([1 + g * 2, 2.0]))
     assert torch.allclose(y2[1, :2], torch.tensor([1 + g * 2 + g**2 * 30, 2 + g * 30]))
     assert tr2.tolist() == [[True, True, False, False]] * 2  # the episode ends inside both lookaheads
+    no_end = torch.zeros(1, 4, dtype=torch.bool)
+    y, tr = n_step_targets(torch.tensor([[10.0, 20, 30, 40]]), torch.tensor([[1.0, 2, 3, 4]]), no_end, no_end,
+                           valid[:1], g, 5, clip_to_window=True)  # the window's last step bootstraps
+    assert torch.allclose(y[0, :3], torch.tensor([1 + g * 2 + g**2 * 3 + g**3 * 40, 2 + g * 3 + g**2 * 40, 3 + g * 40]))
+    assert tr.tolist() == [[True, True, True, False]]
+    assert not n_step_targets(v[:1], rew[:1], no_end, no_end, valid[:1], g, 5)[1].any()  # unclipped: none fits
     padded = valid.clone()
     padded[:, 0] = False
     assert not n_step_targets(v, rew, final, terminal, padded, g, 1)[1][:, 0].any()  # padding never trains

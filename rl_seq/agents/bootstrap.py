@@ -33,25 +33,35 @@ def with_final_steps(ep: Episodes) -> tuple[Episodes, np.ndarray, np.ndarray]:
 
 
 def n_step_targets(v: Tensor, rew: Tensor, final: Tensor, terminal: Tensor, valid: Tensor, gamma: float,
-                   n: int) -> tuple[Tensor, Tensor]:
+                   n: int, clip_to_window: bool = False) -> tuple[Tensor, Tensor]:
     """n-step bootstrapped returns over windows of :func:`with_final_steps` episodes.
 
     v: [B, L] the (target) value of each step's state; rew: [B, L] rewards; final: [B, L]
     the step holds an episode's final observation (no action); terminal: [B, L] that final
     step ends by termination; valid: [B, L] real (unpadded) steps. Returns
     ``y_t = Σ_{k<m} γ^k r_{t+k} + γ^m v_{t+m}`` with m = n, or fewer where the episode ends
-    first (then ``v`` of its final step, or 0 after a termination), [B, L], and ``trainable``
-    [B, L]: real, not final, and the lookahead fits in the window or reaches the episode's end.
+    first (then ``v`` of its final step, or 0 after a termination) or, with
+    ``clip_to_window``, where the window ends first (then ``v`` of its last step), [B, L], and
+    ``trainable`` [B, L]: real, not final, and the lookahead fits in the window (clipped: at
+    least one step of it), or reaches the episode's end.
     """
+    final, terminal, valid = final.bool(), terminal.bool(), valid.bool()
     B, L = rew.shape
     pad = lambda x, fill: torch.cat([x, x.new_full((B, n + 1), fill)], 1)  # noqa: E731
     rew_p, final_p, term_p, v_p = pad(rew, 0.0), pad(final, False), pad(terminal, False), pad(v, 0.0)
     inside = pad(torch.ones_like(valid), False)
+    last_p = torch.zeros_like(inside)
+    last_p[:, L - 1] = True  # the window's last step
     G = torch.zeros_like(rew)
     boot = torch.zeros_like(rew)
     live = torch.ones_like(valid)
     ended = torch.zeros_like(valid)
     for k in range(n):
+        if clip_to_window and k > 0:  # the lookahead reached the window's last step: bootstrap from it
+            at_end = live & last_p[:, k:k + L]
+            boot = boot + at_end * gamma**k * v_p[:, k:k + L]
+            ended = ended | at_end
+            live = live & ~at_end
         G = G + live * gamma**k * rew_p[:, k:k + L]
         nxt_final = final_p[:, k + 1:k + 1 + L]
         reach = live & nxt_final

@@ -8,11 +8,13 @@ gradient, while the BC loss keeps them near the data (TD3+BC, Fujimoto & Gu 2021
 policy towards the better actions of the data. Per training window (the DT's: K steps of
 ``(R_t, s_t, a_t)``; each episode followed by a step holding its final observation):
 
-- critic: twin MLPs ``Q_1, Q_2(s, a)`` regress to n-step targets
-  ``y_t = Σ_{k<n} γ^k r_{t+k} + γ^n min_j Q'_j(s_{t+n}, π(s_{t+n}))`` (no bootstrap after a
-  termination, bootstrap from the final observation after a truncation), with ``π(s_{t+n})`` the
-  policy's own action at that position of the same window (no gradient) and ``Q'`` an EMA of the
-  critic;
+- critic: twin MLPs ``Q_1, Q_2(s, a)`` regress to the discounted rewards to the window's last
+  step plus its bootstrapped value, ``y_t = Σ_{t<=k<K-1} γ^(k-t) r_k + γ^(K-1-t) min_j
+  Q'_j(s_{K-1}, π(s_{K-1}))`` (the paper's targets; ``n_step`` caps the lookahead), ending at an
+  episode's end instead (no bootstrap after a termination, bootstrap from the final observation
+  after a truncation), with ``π(s_{K-1})`` the policy's own action at that position of the same
+  window (no gradient) and ``Q'`` an EMA of the critic: mostly the data's own rewards, little
+  bootstrapping, so little room for the critic to overestimate actions the data never took;
 - policy: the DT's MSE plus ``η · (-Q_1(s_t, π(s_t)) / mean|Q_1|)`` over the window's acted
   steps, the critic held fixed: the paper's loss, whose normalisation by mean |Q| (TD3+BC's)
   makes one η serve rewards of any scale.
@@ -21,9 +23,6 @@ Where this differs from the paper, and why:
 
 - the bootstrap action comes from the policy being trained (the paper: an EMA copy of it, a
   second forward pass through the transformer per step), so a step costs one backbone pass;
-- targets are n-step returns (``n_step``) bootstrapped at every position of the window (the
-  paper: the discounted rewards to the window's end, bootstrapped at its last step, so early
-  positions see up to K-step returns);
 - one η for every dataset (the paper tunes η per dataset, 1 to 5 on locomotion) and no early
   stopping on evaluation returns;
 - acting conditions on the target return as the DT does (the paper also scores several
@@ -64,8 +63,10 @@ class VDTConfig(DecisionConfig):
     paper's hopper-medium value; 0: plain return-conditioned BC, the critic still trained)."""
     gamma: float = 0.99
     """Discount of the critic's targets."""
-    n_step: int = 1
-    """n of the critic's n-step targets."""
+    n_step: int | None = None
+    """n of the critic's n-step targets; each lookahead also stops at the window's last step and
+    bootstraps there. None: to the window's end (the paper's targets: a position t of a K-step
+    window sees K-1-t real rewards, the window's last one bootstraps nothing)."""
     tau: float = 0.005
     """EMA rate of the target critic."""
     critic_lr: float = 3e-4
@@ -163,7 +164,7 @@ class VDTAgent(DecisionAgent):
         with torch.no_grad():
             v = self.target(obs, pred.detach()).min(0).values
             y, trainable = n_step_targets(v, b["rew"].float() / self.model.reward_scale, b["final"], b["terminal"],
-                                          b["mask"], cfg.gamma, cfg.n_step)
+                                          b["mask"], cfg.gamma, cfg.n_step or cfg.train_segment, clip_to_window=True)
         q = critic(obs, b["act"].float())  # [2, B, K]
         m = trainable.float()
         td = (((q - y) ** 2).sum(0) * m).sum() / m.sum().clamp_min(1)

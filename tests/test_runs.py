@@ -16,8 +16,8 @@ TINY = ["--set", "backbone.d_model=16", "--set", "backbone.n_layers=1", "--set",
         "--set", "log_every=5"]
 
 
-def train(out, steps, *extra):
-    return main(["train", "dt", "--dataset", "rl_seq/pointgoal/medium-v0", "--steps", str(steps),
+def train(out, steps, *extra, algo="dt"):
+    return main(["train", algo, "--dataset", "rl_seq/pointgoal/medium-v0", "--steps", str(steps),
                  "--out", str(out), *TINY, "--set", "eval_every=10", "--set", "checkpoint_every=10",
                  *extra])
 
@@ -41,9 +41,10 @@ def test_run_folder_layout_and_eval_json(tmp_path, capsys):
     assert abs(out["normalized_score"] - (out["mean_return"] - lo) / (hi - lo)) < 1e-9  # D4RL's formula
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, sig):
-    assert train(tmp_path / "full", 30) == 0
+@pytest.mark.parametrize("sig,algo", [(signal.SIGINT, "dt"), (signal.SIGTERM, "dt"), (signal.SIGTERM, "vdt")])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, sig, algo):
+    """vdt: its critic, target critic and the critic's optimiser come back too."""
+    assert train(tmp_path / "full", 30, algo=algo) == 0
     # Ctrl-C / SIGTERM arrives during step 17: the step finishes, a checkpoint is written, exit 130
     from rl_seq.data.sampler import SegmentSampler
     calls = {"n": 0}
@@ -56,11 +57,11 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, sig)
         return real(self, n)
 
     monkeypatch.setattr(SegmentSampler, "sample", sample)
-    assert train(tmp_path / "part", 30) == 130
+    assert train(tmp_path / "part", 30, algo=algo) == 130
     monkeypatch.setattr(SegmentSampler, "sample", real)
     assert torch.load(tmp_path / "part" / "checkpoints" / "last.pt", weights_only=True)["step"] == 17
     assert not (tmp_path / "part" / "model").exists()
-    assert train(tmp_path / "part", 30, "--resume") == 0
+    assert train(tmp_path / "part", 30, "--resume", algo=algo) == 0
     from safetensors.torch import load_file
     a = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "part" / "model" / "model.safetensors"))

@@ -1,4 +1,4 @@
-"""The online benchmark's table: one cell per header column, whichever agents are asked for."""
+"""The benchmarks' tables: one cell per header column, whichever agents are asked for."""
 
 import sys
 from pathlib import Path
@@ -26,3 +26,30 @@ def test_every_table_row_has_as_many_cells_as_the_header(agents):
         assert cells[header.index("gtrxl")] == "0.800 ± 0.141 (n=2), 50 s"  # the sample std of 0.7, 0.9
     if bench.SB3 in agents and "gtrxl" in agents:
         assert cells[header.index("gtrxl: Δ, speed-up")] == "+0.300, 2.0x"
+
+
+def test_offline_table_cells_means_ratios_and_budgets(store):
+    """The offline benchmark (bench_peers): each cell holds the seeds' last and last-three
+    means with their sample std, the mean over datasets and the ratio to the baseline below,
+    and NAME@STEPS evaluates at the same fractions of its run."""
+    import bench_peers as peers
+
+    ds = "rl_seq/pointgoal/medium-v0"
+    a = SimpleNamespace(rl_seq_set=[], device="cpu", jobs=1, steps=5000, warmup=10, episodes=2, eval_every=1000,
+                        agents=["vdt", "d3rlpy.iql", "d3rlpy.td3bc"], datasets=[ds], baseline="d3rlpy.iql")
+    rows = [dict(spec="vdt", agent="vdt", dataset=ds, seed=s, steps=5000, last=last, last3=peers.last3(curve),
+                 wall_s=600.0) for s, last, curve in ((0, 0.7, [0.1, 0.5, 0.6, 0.7]), (1, 0.9, [0.2, 0.8, 0.8, 0.8]))]
+    rows.append(dict(spec="d3rlpy.iql", agent="d3rlpy.iql", dataset=ds, seed=0, steps=5000, last=0.4, last3=0.5,
+                     wall_s=60.0))
+    text, summary = peers.score_table(rows, a)
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    assert len({ln.count("|") for ln in lines}) == 1, lines
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == ["dataset", "data", "vdt", "d3rlpy.iql"]  # td3bc has no finished job: no column
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[2] == "80.0 ± 14.1 / 70.0 ± 14.1 (n=2)"  # last three: 0.6 and 0.8
+    assert lines[-2].split("|")[3].strip() == "2.00 / 1.40"  # ratio to the baseline: 0.8 / 0.4, 0.7 / 0.5
+    assert lines[-1].split("|")[3:5] == [" 10.0 ", " 1.0 "]  # wall time per run, minutes
+    assert [s["agent"] for s in summary] == ["vdt", "d3rlpy.iql"] and summary[0]["last"] == [0.7, 0.9]
+    assert peers.parse_agent("d3rlpy.iql@46000", 5000) == ("d3rlpy.iql", 46000)
+    assert peers.eval_every(46000, a) == 9200 and peers.eval_every(5000, a) == 1000

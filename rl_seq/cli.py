@@ -64,18 +64,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    from rl_seq.agents import PRESETS, config_for
+    from rl_seq.agents import PRESETS, algos_that, config_for
     from rl_seq.config import EVAL_SEED, describe
 
-    sections = []
-    for algos, name in (("dt dc ds4 lram", "dt"), ("odt", "odt"), ("qt", "qt"), ("gtrxl relit lstm", "lstm")):
-        rows = "\n".join(f"  {k:32s} {d:>10s}  {doc}" for k, d, doc in describe(type(config_for(name))))
-        sections.append(f"[{algos}]\n{rows}")
-    keys = "\n\n".join(sections)
+    by_config: dict[type, list[str]] = {}  # the config keys, once per config class
+    for name, (cls, _, _) in PRESETS.items():
+        by_config.setdefault(cls.config_class, []).append(name)
+    keys = "\n\n".join(f"[{' '.join(names)}]\n" + "\n".join(
+        f"  {k:32s} {d:>10s}  {doc}" for k, d, doc in describe(type(config_for(names[0]))))
+        for names in by_config.values())
     t = sub.add_parser("train", help="train an agent", epilog=EPILOGS["train"] + keys,
-                       formatter_class=fmt, description="Train ALGO offline on a Minari dataset "
-                       "(--dataset; dt dc ds4 lram vdt qt; odt offline then online) or online in a Gymnasium env "
-                       "(--env; gtrxl relit lstm), evaluating periodically.")
+                       formatter_class=fmt, description=f"Train ALGO offline on a Minari dataset "
+                       f"(--dataset; {algos_that('online', False)}; odt then fine-tunes online) or online in a "
+                       f"Gymnasium env (--env; {algos_that('online')}), evaluating periodically.")
     t.add_argument("algo", help=f"one of {', '.join(PRESETS)}")
     t.add_argument("--dataset", help="offline algorithms: Minari dataset id (local, built-in, or --download)")
     t.add_argument("--env", help="online algorithms: the env to train in; offline ones: the env to "

@@ -18,7 +18,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from rl_seq.agents import PRESETS, DecisionAgent, config_for, load_agent, make_agent
+from rl_seq.agents import PRESETS, DecisionAgent, algos_that, config_for, load_agent, make_agent
 from rl_seq.config import to_dict
 from rl_seq.data import load_episodes
 
@@ -110,7 +110,7 @@ def _check_request(algo: str, dataset: str | None, env: str | None, init, nproc:
     if online:
         if dataset:
             raise ValueError(f"{algo} trains online in --env and reads no dataset; drop --dataset {dataset} "
-                             "(or train an offline algorithm on it: dt, dc, ds4, lram, qt)")
+                             f"(or train an offline algorithm on it: {algos_that('online', False)})")
         if not env:
             raise ValueError(f"{algo} trains online: give --env ENV_ID (e.g. rl_seq/TMaze-v0, CartPole-v1)")
     elif not dataset and init is None:
@@ -118,8 +118,8 @@ def _check_request(algo: str, dataset: str | None, env: str | None, init, nproc:
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
     if nproc > 1 and not PRESETS[algo][0].data_parallel:
-        raise ValueError(f"{algo} trains in one process; --nproc is for dt, dc, ds4, lram and qt (run many runs at "
-                         "once with `rl-seq sweep`)")
+        raise ValueError(f"{algo} trains in one process; --nproc is for {algos_that('data_parallel')} (run many "
+                         "runs at once with `rl-seq sweep`)")
     if env:
         check_env_id(env)
     return online

@@ -15,7 +15,9 @@ Agents: any of rl_seq's offline algorithms (``dt``, ``vdt``, ``qt``, ``dc``, ``d
 its task file ``configs/ALGO/ENV.yaml`` where there is one) and ``d3rlpy.dt``, ``d3rlpy.tacr``,
 ``d3rlpy.iql``, ``d3rlpy.td3bc`` (``scripts/peers/d3rlpy_offline.py``); ``NAME@STEPS`` runs one
 at another budget (IQL at the gradient steps that take it rl_seq's wall time), its periodic
-evaluations at the same fractions of its run. The peers run in a virtualenv of their own (d3rlpy
+evaluations at the same fractions of its run; ``NAME,KEY=VALUE,...`` is a variant of an rl_seq
+algorithm with those config overrides (``vdt,eta=0``: vdt without its critic term, the control
+that shows what the critic adds), tabulated as an agent of its own. The peers run in a virtualenv of their own (d3rlpy
 2.8.1 pins gymnasium 1.0), made on first use at ``--peers-venv`` from
 ``scripts/peers/requirements.txt`` (or ``--peers-python``, an interpreter that has them): they are
 never rl_seq dependencies. ``--device cuda`` trains and acts on the GPU on both sides. Each
@@ -29,11 +31,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +64,11 @@ def job_env() -> dict:
 PEERS = ("d3rlpy.dt", "d3rlpy.tacr", "d3rlpy.iql", "d3rlpy.td3bc")
 
 
-def parse_agent(spec: str, steps: int) -> tuple[str, int]:
-    """``NAME`` or ``NAME@STEPS`` -> (name, gradient steps)."""
-    name, _, at = spec.partition("@")
-    return name, int(at) if at else steps
+def parse_agent(spec: str, steps: int) -> tuple[str, list[str], int]:
+    """``NAME[,KEY=VALUE...][@STEPS]`` -> (name, rl_seq config overrides, gradient steps)."""
+    head, _, at = spec.partition("@")
+    name, *overrides = head.split(",")
+    return name, overrides, int(at) if at else steps
 
 
 def eval_every(steps: int, a) -> int:
@@ -100,7 +103,7 @@ def run_d3rlpy(py: Path, algo: str, ds: str, seed: int, steps: int, a, out: Path
                 wall_s=time.perf_counter() - t0, raw=r)
 
 
-def run_rl_seq(algo: str, ds: str, seed: int, steps: int, a, out: Path) -> dict:
+def run_rl_seq(algo: str, ds: str, seed: int, steps: int, a, out: Path, overrides: tuple[str, ...] = ()) -> dict:
     import dataclasses
 
     from rl_seq.agents import PRESETS
@@ -113,6 +116,7 @@ def run_rl_seq(algo: str, ds: str, seed: int, steps: int, a, out: Path) -> dict:
            "--seed", str(seed), "--out", str(run), "--set", f"warmup_steps={a.warmup}",
            "--set", f"eval_every={eval_every(steps, a)}", "--set", f"eval_episodes={a.episodes}",
            "--set", "threads=1", "--set", f"device={a.device}", *a.rl_seq_set]
+    cmd += [x for kv in overrides for x in ("--set", kv)]  # the variant's own, last: they win
     if conditioned:  # the return-conditioned agents act on d3rlpy's target; qt has none
         cmd += ["--set", f"target_returns=[{target_for(ds, a)}]"]
     cfg = ROOT / "configs" / algo / f"{env}.yaml"
@@ -136,16 +140,19 @@ def target_for(ds: str, a) -> float:
 
 
 def job(spec: str, ds: str, seed: int, a, py: Path | None) -> dict | None:
-    algo, steps = parse_agent(spec, a.steps)
-    out = Path(a.out) / f"{algo}-{ds.replace('/', '_')}-{steps}-s{seed}.json"
+    algo, overrides, steps = parse_agent(spec, a.steps)
+    variant = ",".join([algo, *overrides])
+    out = Path(a.out) / f"{variant}-{ds.replace('/', '_')}-{steps}-s{seed}.json"
     if out.exists():
         return {**json.loads(out.read_text()), "spec": spec}
     if a.report:
         return None
     print(f"[{time.strftime('%H:%M:%S')}] start {spec} {ds} seed {seed}", file=sys.stderr, flush=True)
     try:
-        run = partial(run_d3rlpy, py) if algo in PEERS else run_rl_seq
-        r = run(algo, ds, seed, steps, a, out)
+        if algo in PEERS:
+            r = run_d3rlpy(py, algo, ds, seed, steps, a, out)
+        else:
+            r = run_rl_seq(algo, ds, seed, steps, a, out, tuple(overrides))
     except RuntimeError as e:  # the other jobs go on; a rerun retries this one
         print(f"[{time.strftime('%H:%M:%S')}] {e}", file=sys.stderr, flush=True)
         return None
@@ -311,8 +318,9 @@ def speed_table(py: Path) -> tuple[str, dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--agents", nargs="+", default=["d3rlpy.dt", "dt"], metavar="NAME[@STEPS]",
-                   help=f"rl_seq algorithms and d3rlpy peers ({', '.join(PEERS)})")
+    p.add_argument("--agents", nargs="+", default=["d3rlpy.dt", "dt"], metavar="NAME[,KEY=VALUE...][@STEPS]",
+                   help=f"rl_seq algorithms (a variant: its config overrides after commas, e.g. vdt,eta=0) "
+                        f"and d3rlpy peers ({', '.join(PEERS)})")
     p.add_argument("--datasets", nargs="+", default=["hopper/medium-v0"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=5000)
@@ -336,10 +344,22 @@ def main() -> None:
     from rl_seq.agents import PRESETS
 
     for spec in a.agents:
-        name, _, at = spec.partition("@")
+        head, _, at = spec.partition("@")
+        name, *overrides = head.split(",")
         if name not in PEERS and name not in PRESETS or (at and not at.isdigit()):
-            p.error(f"unknown agent {spec!r}: NAME[@STEPS], NAME one of rl_seq's ({', '.join(PRESETS)}) or "
-                    f"{', '.join(PEERS)}")
+            p.error(f"unknown agent {spec!r}: NAME[,KEY=VALUE...][@STEPS], NAME one of rl_seq's "
+                    f"({', '.join(PRESETS)}) or {', '.join(PEERS)}")
+        if any(not re.fullmatch(r"[A-Za-z_][\w.]*=[^,@/]+", kv) for kv in overrides) or (overrides and name in PEERS):
+            p.error(f"bad agent variant {spec!r}: KEY=VALUE overrides of an rl_seq algorithm, e.g. vdt,eta=0 "
+                    "(the d3rlpy peers run their reproduction recipes as they are)")
+        if overrides:
+            from rl_seq.agents import config_for
+            from rl_seq.config import ConfigError
+
+            try:  # a bad value stops here, not one job after another
+                config_for(name, overrides=overrides)
+            except (ConfigError, ValueError, TypeError) as e:
+                p.error(f"agent variant {spec!r}: {e}")
     a.rl_seq_set = [x for kv in a.rl_seq_set for x in ("--set", kv)]
     Path(a.out).mkdir(parents=True, exist_ok=True)
     needs_peers = a.speed or (not a.report and any(parse_agent(g, 0)[0] in PEERS for g in a.agents))

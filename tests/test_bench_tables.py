@@ -1,5 +1,6 @@
 """The benchmarks' tables: one cell per header column, whichever agents are asked for."""
 
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -51,5 +52,35 @@ def test_offline_table_cells_means_ratios_and_budgets(store):
     assert lines[-2].split("|")[3].strip() == "2.00 / 1.40"  # ratio to the baseline: 0.8 / 0.4, 0.7 / 0.5
     assert lines[-1].split("|")[3:5] == [" 10.0 ", " 1.0 "]  # wall time per run, minutes
     assert [s["agent"] for s in summary] == ["vdt", "d3rlpy.iql"] and summary[0]["last"] == [0.7, 0.9]
-    assert peers.parse_agent("d3rlpy.iql@46000", 5000) == ("d3rlpy.iql", 46000)
+    assert peers.parse_agent("d3rlpy.iql@46000", 5000) == ("d3rlpy.iql", [], 46000)
     assert peers.eval_every(46000, a) == 9200 and peers.eval_every(5000, a) == 1000
+
+
+def test_offline_agent_variants_run_with_their_overrides_under_their_own_name(tmp_path, monkeypatch):
+    """``vdt,eta=0@500``: vdt trained with ``--set eta=0`` (after the shared overrides, so it
+    wins), 500 steps, its job file apart from plain vdt's, so both resume and tabulate apart."""
+    import bench_peers as peers
+
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        run = Path(cmd[cmd.index("--out") + 1])
+        run.mkdir(parents=True)
+        (run / "eval.json").write_text(json.dumps(dict(last=dict(normalized_score=0.5, mean_return=1.0),
+                                                       best=dict(normalized_score=0.6))))
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(peers.subprocess, "run", fake_run)
+    monkeypatch.setattr("rl_seq.runs.read_metrics", lambda run: [dict(kind="eval", step=500, normalized_score=0.5)])
+    a = SimpleNamespace(rl_seq_set=["--set", "eta=2"], device="cpu", steps=5000, warmup=10, episodes=2,
+                        eval_every=1000, out=str(tmp_path), report=False, target_return=None)
+    assert peers.parse_agent("vdt,eta=0,tau=0.01@500", 5000) == ("vdt", ["eta=0", "tau=0.01"], 500)
+    r = peers.job("vdt,eta=0@500", "hopper/medium-v0", 0, a, None)
+    cmd = calls[0]
+    assert cmd[cmd.index("--steps") + 1] == "500"
+    sets = [cmd[i + 1] for i, x in enumerate(cmd) if x == "--set"]
+    assert sets.index("eta=0") > sets.index("eta=2")  # the variant's own override is passed last
+    assert r["spec"] == "vdt,eta=0@500" and (tmp_path / "vdt,eta=0-hopper_medium-v0-500-s0.json").exists()
+    peers.job("vdt@500", "hopper/medium-v0", 0, a, None)
+    assert "eta=0" not in calls[1] and (tmp_path / "vdt-hopper_medium-v0-500-s0.json").exists()

@@ -132,6 +132,21 @@ def test_help_texts(capsys):
     assert "dt" in out and "mlstm" in out and "rl_seq/PointGoal-v0" in out
 
 
+def test_train_help_names_every_algorithm_and_its_keys(capsys):
+    """The train help is made from PRESETS: every algorithm in its description and each config
+    class's keys under the algorithms that share it (vdt's critic keys under [vdt])."""
+    from rl_seq.agents import PRESETS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    description = text.split("positional arguments")[0]
+    assert all(f" {name}" in description for name in PRESETS), description
+    assert "[dt dc ds4 lram]" in text and "[gtrxl relit lstm]" in text
+    vdt_keys = text.split("[vdt]")[1].split("[qt]")[0]
+    assert " eta " in vdt_keys and " critic_lr " in vdt_keys
+
+
 def test_bench_train_times_the_chosen_algorithms(tmp_path):
     out = tmp_path / "bench.json"
     t0 = time.perf_counter()

@@ -54,6 +54,13 @@ PRESETS: dict[str, tuple[type[Agent], dict, str]] = {
 ALGOS: dict[str, type[Agent]] = {name: cls for name, (cls, _, _) in PRESETS.items()}
 
 
+def algos_that(trait: str, value: bool = True) -> str:
+    """The algorithms whose class ``trait`` (``online``, ``data_parallel``) is ``value``, for
+    messages: "dt, dc, ds4, lram and qt"."""
+    names = [n for n, cls in ALGOS.items() if getattr(cls, trait) == value and not (trait != "online" and cls.online)]
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+
+
 def config_for(name: str, path=None, overrides: list[str] | None = None, **fields) -> Any:
     """The config of algorithm ``name``: defaults <- preset <- ``fields`` <- YAML file <-
     ``key=value`` overrides."""

@@ -166,8 +166,10 @@ class Agent:
         if self.online:
             env = env if env is not None else source
             if dataset is not None:
+                from rl_seq.agents import algos_that
+
                 raise ValueError(f"{self.algo} trains online in an env and reads no dataset; drop the dataset "
-                                 "(or train an offline algorithm on it: dt, dc, ds4, lram, qt)")
+                                 f"(or train an offline algorithm on it: {algos_that('online', False)})")
             if not isinstance(env, str):
                 raise TypeError(f"{self.algo} trains online: pass a Gymnasium env id, not {type(env).__name__}")
             data = None
@@ -186,8 +188,10 @@ class Agent:
                     raise ValueError(f"cannot make {data.dataset_id}'s evaluation env {data.env_id!r}: {e}; install "
                                      "what it needs, or train without evaluations (--set eval_episodes=0)") from None
         if world()[1] > 1 and not self.data_parallel:  # checked before the process group is joined
-            raise ValueError(f"{self.algo} trains in one process; torchrun/DDP is for dt, dc, ds4, lram and qt (run "
-                             "many runs at once with `rl-seq sweep`)")
+            from rl_seq.agents import algos_that
+
+            raise ValueError(f"{self.algo} trains in one process; torchrun/DDP is for {algos_that('data_parallel')} "
+                             "(run many runs at once with `rl-seq sweep`)")
         steps = self.config.steps if steps is None else steps
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")

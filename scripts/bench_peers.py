@@ -29,6 +29,7 @@ again, so a stopped benchmark resumes (a stopped rl_seq run resumes from its che
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -46,14 +47,20 @@ TARGETS = {"hopper": 3600.0, "halfcheetah": 6000.0, "walker2d": 5000.0}  # d3rlp
 
 
 def peers_python(venv: Path) -> Path:
-    """The peers' interpreter, making the virtualenv on first use."""
-    py = venv / "bin" / "python"
-    if not py.exists():
-        print(f"making the peers' virtualenv at {venv} (d3rlpy, transformers; a few minutes)", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", str(HERE / "peers" / "requirements.txt")],
-                       check=True)
+    """The peers' interpreter, making the virtualenv on first use. It counts as made once its
+    installs have finished (a marker file): benchmarks started together wait for the first one's
+    install (a lock beside it), and a half-made one (an interrupted install) is made again."""
+    py, ready = venv / "bin" / "python", venv / ".rl_seq-peers-ready"
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / f".{venv.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not ready.exists():
+            print(f"making the peers' virtualenv at {venv} (d3rlpy, transformers; a few minutes)", file=sys.stderr)
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+            subprocess.run([str(py), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
+            subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", str(HERE / "peers" / "requirements.txt")],
+                           check=True)
+            ready.touch()
     return py
 
 

@@ -84,3 +84,35 @@ def test_offline_agent_variants_run_with_their_overrides_under_their_own_name(tm
     assert r["spec"] == "vdt,eta=0@500" and (tmp_path / "vdt,eta=0-hopper_medium-v0-500-s0.json").exists()
     peers.job("vdt@500", "hopper/medium-v0", 0, a, None)
     assert "eta=0" not in calls[1] and (tmp_path / "vdt-hopper_medium-v0-500-s0.json").exists()
+
+
+def test_peers_virtualenv_is_made_once_and_remade_when_half_made(tmp_path, monkeypatch):
+    """Two benchmarks started together make the peers' virtualenv once (the second waits for the
+    first's install, not failing on a half-made one); an interrupted install is made again."""
+    import threading
+    import time
+
+    import bench_peers as peers
+
+    made = []
+
+    def fake_run(cmd, **kw):
+        if cmd[1:3] == ["-m", "venv"]:
+            made.append(cmd[-1])
+            (Path(cmd[-1]) / "bin").mkdir(parents=True, exist_ok=True)
+            (Path(cmd[-1]) / "bin" / "python").touch()
+        time.sleep(0.1)  # an install takes a while: the other benchmark must wait, not go on
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(peers.subprocess, "run", fake_run)
+    venv = tmp_path / "venv-peers"
+    pythons = []
+    threads = [threading.Thread(target=lambda: pythons.append(peers.peers_python(venv))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert made == [str(venv)] and pythons == [venv / "bin" / "python"] * 2
+    assert (venv / ".rl_seq-peers-ready").exists()
+    (venv / ".rl_seq-peers-ready").unlink()  # an install that stopped half-way: python there, no marker
+    assert peers.peers_python(venv) == venv / "bin" / "python" and made == [str(venv)] * 2

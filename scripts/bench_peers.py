@@ -348,25 +348,23 @@ def main() -> None:
     p.add_argument("--table", default=None, help="also write the table to this file (e.g. docs/bench/peers.md)")
     p.add_argument("--plot", default=None, help="also plot the scores to this PNG")
     a = p.parse_args()
-    from rl_seq.agents import PRESETS
+    from rl_seq.agents import PRESETS, config_for
+    from rl_seq.config import ConfigError
 
     for spec in a.agents:
-        head, _, at = spec.partition("@")
-        name, *overrides = head.split(",")
+        at = spec.partition("@")[2]
+        name, overrides, _ = parse_agent(spec.partition("@")[0], 0)
         if name not in PEERS and name not in PRESETS or (at and not at.isdigit()):
             p.error(f"unknown agent {spec!r}: NAME[,KEY=VALUE...][@STEPS], NAME one of rl_seq's "
                     f"({', '.join(PRESETS)}) or {', '.join(PEERS)}")
         if any(not re.fullmatch(r"[A-Za-z_][\w.]*=[^,@/]+", kv) for kv in overrides) or (overrides and name in PEERS):
             p.error(f"bad agent variant {spec!r}: KEY=VALUE overrides of an rl_seq algorithm, e.g. vdt,eta=0 "
                     "(the d3rlpy peers run their reproduction recipes as they are)")
-        if overrides:
-            from rl_seq.agents import config_for
-            from rl_seq.config import ConfigError
-
-            try:  # a bad value stops here, not one job after another
-                config_for(name, overrides=overrides)
+        if name in PRESETS:
+            try:  # a bad value (--rl-seq-set's or the variant's) stops here, not one job after another
+                config_for(name, overrides=[*a.rl_seq_set, *overrides])
             except (ConfigError, ValueError, TypeError) as e:
-                p.error(f"agent variant {spec!r}: {e}")
+                p.error(f"agent {spec!r} with --rl-seq-set {' '.join(a.rl_seq_set) or '(none)'}: {e}")
     a.rl_seq_set = [x for kv in a.rl_seq_set for x in ("--set", kv)]
     Path(a.out).mkdir(parents=True, exist_ok=True)
     needs_peers = a.speed or (not a.report and any(parse_agent(g, 0)[0] in PEERS for g in a.agents))

@@ -116,3 +116,16 @@ def test_peers_virtualenv_is_made_once_and_remade_when_half_made(tmp_path, monke
     assert (venv / ".rl_seq-peers-ready").exists()
     (venv / ".rl_seq-peers-ready").unlink()  # an install that stopped half-way: python there, no marker
     assert peers.peers_python(venv) == venv / "bin" / "python" and made == [str(venv)] * 2
+
+
+@pytest.mark.parametrize("argv", [["--agents", "vdt,eta=-1"], ["--agents", "vdt,eta"], ["--agents", "d3rlpy.iql,tau=1"],
+                                  ["--agents", "vdt,nosuch=1"], ["--agents", "vdt@x"],
+                                  ["--agents", "vdt", "--rl-seq-set", "eta=-1"]])
+def test_bad_agents_and_overrides_stop_before_any_job(argv, tmp_path, monkeypatch, capsys):
+    """A bad variant, budget or shared override: exit 2 with one message, no output folder."""
+    import bench_peers as peers
+
+    monkeypatch.setattr(sys, "argv", ["bench_peers.py", *argv, "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as e:
+        peers.main()
+    assert e.value.code == 2 and "error:" in capsys.readouterr().err and not (tmp_path / "out").exists()

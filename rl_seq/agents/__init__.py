@@ -57,7 +57,7 @@ ALGOS: dict[str, type[Agent]] = {name: cls for name, (cls, _, _) in PRESETS.item
 def algos_that(trait: str, value: bool = True) -> str:
     """The algorithms whose class ``trait`` (``online``, ``data_parallel``) is ``value``, for
     messages: "dt, dc, ds4, lram and qt"."""
-    names = [n for n, cls in ALGOS.items() if getattr(cls, trait) == value and not (trait != "online" and cls.online)]
+    names = [n for n, cls in ALGOS.items() if getattr(cls, trait) == value]
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 

@@ -83,8 +83,8 @@ def test_dict_observations_are_flattened_in_key_order():
     order = list(space.spaces)
     expect = np.concatenate([obs[k][:3] for k in order], 1)
     assert np.array_equal(ep.observations, expect)
-    with pytest.raises(TypeError, match="Box leaves only"):
-        Episodes.from_episode_list([e], gym.spaces.Dict(a=gym.spaces.Discrete(2)), gym.spaces.Discrete(2))
+    with pytest.raises(TypeError, match=r"observation\['a'\] is Text.*FilterObservation"):
+        Episodes.from_episode_list([e], gym.spaces.Dict(a=gym.spaces.Text(5)), gym.spaces.Discrete(2))
 
 
 def make_eps(lengths):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -371,6 +372,8 @@ CATALOGUE += [(f"{algo}-{key}={value}", ["train", algo, *SOURCE[algo], "--set", 
 @pytest.mark.parametrize("argv,needle", [c[1:] for c in CATALOGUE], ids=[c[0] for c in CATALOGUE])
 def test_user_errors_exit_2_with_the_fix_and_write_nothing(argv, needle, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # relative paths (runs/..., plots) land here
+    for env_id in [k for k in gym.registry if k.startswith("popgym-")]:  # unregistered, as in a new process
+        monkeypatch.delitem(gym.registry, env_id)
     assert main([*argv, *(["--out", "r"] if argv[0] == "train" else [])]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and err.count("error:") == 1

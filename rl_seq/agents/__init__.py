@@ -94,7 +94,7 @@ def make_agent(name: str, env_or_spaces: Any = None, *, dataset: Any = None,
     cls = PRESETS[name][0]
     if dataset is not None:
         eps = dataset if isinstance(dataset, Episodes) else load_episodes(dataset)
-        obs_space, act_space = eps.observation_space, eps.action_space
+        obs_space, act_space = eps.env_observation_space, eps.action_space
     elif isinstance(env_or_spaces, tuple):
         obs_space, act_space = env_or_spaces
     elif env_or_spaces is not None:

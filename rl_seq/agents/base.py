@@ -27,7 +27,16 @@ from safetensors.torch import load_file, save_file
 
 from rl_seq import engine
 from rl_seq.config import EVAL_SEED, ConfigError, OfflineConfig, TrainConfig, build, to_dict
-from rl_seq.data.episodes import Episodes, flat_observation_space, normalized_score, spaces_match
+from rl_seq.data.episodes import (
+    COMPOSITE,
+    Episodes,
+    box_dims,
+    flat_observation_space,
+    flatten_observations,
+    is_single_observation,
+    normalized_score,
+    spaces_match,
+)
 from rl_seq.distributed import world
 from rl_seq.engine import Collected, Plan
 from rl_seq.runs import seed_everything
@@ -87,7 +96,8 @@ class Agent:
         self.config = config
         self.algo = algo or type(self).algo
         self.reward_feed = None  # set by wrap_env: rewards for loops that cannot pass them
-        self.observation_space = flat_observation_space(observation_space)
+        self.env_observation_space = observation_space  # a Dict/Tuple space is kept for predict's inputs
+        self.observation_space = flat_observation_space(observation_space)  # what the model and buffers see
         self.action_space = action_space
         self.meta = dict(meta or {})
         self.train_env = None  # an env training opened (online agents), closed by close()
@@ -143,7 +153,13 @@ class Agent:
             env_id=episodes.env_id, env_kwargs=episodes.env_kwargs, dataset_id=episodes.dataset_id,
             ref_min_score=ref_min if ref_min is not None else episodes.ref_min_score,
             ref_max_score=ref_max if ref_max is not None else episodes.ref_max_score)
-        self.model.backbone.tokenizer.set_observation_stats(*episodes.observation_stats())
+        self.set_observation_stats(*episodes.observation_stats())
+
+    def set_observation_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Normalise the observations' Box dimensions by ``mean``/``std`` [n] (a composite
+        space's one-hot and bit dimensions stay as they are)."""
+        box = box_dims(self.env_observation_space)
+        self.model.backbone.tokenizer.set_observation_stats(np.where(box, mean, 0.0), np.where(box, std, 1.0))
 
     def final_evaluations(self) -> dict:
         """Evaluations a finished run adds to its ``eval.json`` beyond last and best."""
@@ -247,11 +263,8 @@ class Agent:
             raise ValueError("acting settings start a new acting state: pass them with state=None (the state "
                              "keeps them)")
         settings = self.acting_settings(acting) if state is None else None
-        obs = np.asarray(observation)
         shape = self.observation_space.shape
-        single = obs.shape == shape
-        if single:
-            obs = obs[None]
+        obs, single = self.flat_observations(observation)
         if obs.shape[1:] != shape:
             raise ValueError(
                 f"observation has shape {np.asarray(observation).shape}, but this agent expects "
@@ -278,6 +291,18 @@ class Agent:
             actions, state = self._act(x, state, episode_start, rewards, deterministic, settings)
         self.model.train(was_training)
         return (actions[0] if single else actions), state
+
+    def flat_observations(self, observation) -> tuple[np.ndarray, bool]:
+        """The env's observation(s) as the model reads them: ``[n, *observation_space.shape]``
+        (a Dict/Tuple space's dicts and tuples flattened) and whether one observation (not a
+        batch) was given."""
+        if isinstance(self.env_observation_space, COMPOSITE):
+            single = is_single_observation(self.env_observation_space, observation)
+            batch = _tree_map(lambda x: np.asarray(x)[None], observation) if single else observation
+            return flatten_observations(self.env_observation_space, batch), single
+        obs = np.asarray(observation)
+        single = obs.shape == self.observation_space.shape
+        return (obs[None] if single else obs), single
 
     # -- evaluation -----------------------------------------------------------------------
     def make_env(self, env_id: str | None = None, n: int = 1) -> gym.vector.VectorEnv:
@@ -364,7 +389,7 @@ class Agent:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         doc = dict(algo=self.algo, config=to_dict(self.config),
-                   observation_space=json.loads(serialize_space(self.observation_space)),
+                   observation_space=json.loads(serialize_space(self.env_observation_space)),
                    action_space=json.loads(serialize_space(self.action_space)),
                    meta=self.meta)
         weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
@@ -471,3 +496,12 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim
 
 def warmup(steps: int) -> Callable[[int], float]:
     return lambda s: min(1.0, (s + 1) / max(1, steps))
+
+
+def _tree_map(fn: Callable, obs):
+    """``fn`` on every leaf of a (nested) dict / tuple observation."""
+    if isinstance(obs, dict):
+        return {k: _tree_map(fn, v) for k, v in obs.items()}
+    if isinstance(obs, tuple | list):
+        return tuple(_tree_map(fn, v) for v in obs)
+    return fn(obs)

@@ -28,7 +28,7 @@ def with_final_steps(ep: Episodes) -> tuple[Episodes, np.ndarray, np.ndarray]:
     zeros = np.zeros(len(rew), bool)
     aug = Episodes(obs, act, rew, zeros.copy(), zeros.copy(), offsets, ep.final_observations,
                    ep.observation_space, ep.action_space, ep.ref_min_score, ep.ref_max_score,
-                   ep.env_id, ep.dataset_id, ep.env_kwargs)
+                   ep.env_id, ep.dataset_id, ep.env_kwargs, ep.composite_space)
     return aug, final, terminal
 
 

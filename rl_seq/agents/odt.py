@@ -235,11 +235,13 @@ class ODTAgent(DecisionAgent):
         if self.train_env is None:
             self.train_env = gym.make(self.meta["env_id"], **(self.meta.get("env_kwargs") or {}))
         obs, _ = self.train_env.reset(seed=self.config.seed * 100_000 + episode)
-        ep = dict(observations=[obs], actions=[], rewards=[], terminations=[], truncations=[])
+        ep = dict(observations=[self.flat_observations(obs)[0][0]], actions=[], rewards=[], terminations=[],
+                  truncations=[])
         a, state = self.predict(obs, None, deterministic=False, acting={"target_return": self.explore_target})
         while True:
             obs, reward, term, trunc, _ = self.train_env.step(a)
-            for k, v in (("observations", obs), ("actions", a), ("rewards", reward), ("terminations", term),
+            flat = self.flat_observations(obs)[0][0]
+            for k, v in (("observations", flat), ("actions", a), ("rewards", reward), ("terminations", term),
                          ("truncations", trunc)):
                 ep[k].append(v)
             if term or trunc:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from rl_seq.agents.base import Agent, fused
 from rl_seq.agents.rollout import Carry, Rollout, RunningMeanStd, collect_rollout, tree_index, tree_stack
 from rl_seq.config import ConfigError, TrainConfig, check_choice, check_range
+from rl_seq.data.episodes import COMPOSITE, flatten_observations
 from rl_seq.engine import Collected, Optimiser, Plan
 from rl_seq.nets import Backbone, BackboneConfig, CategoricalHead, GaussianHead, ValueHead
 from rl_seq.tokenizer import TrajectoryTokenizer
@@ -275,6 +276,10 @@ class PPOAgent(Agent):
         cfg = self.config
         env = gym.make_vec(env_id, num_envs=cfg.n_envs, vectorization_mode=cfg.vectorization, **cfg.env_kwargs)
         self.check_env(env.single_observation_space, env.single_action_space, env_id)
+        if isinstance(env.single_observation_space, COMPOSITE):  # rollouts hold the flat observations
+            space = env.single_observation_space
+            env = gym.wrappers.vector.TransformObservation(
+                env, lambda obs: flatten_observations(space, obs), single_observation_space=self.observation_space)
         return env
 
     def start_carry(self, venv: gym.vector.VectorEnv, seed: int) -> Carry:
@@ -324,7 +329,7 @@ class PPOAgent(Agent):
             self.optimizer.param_groups[0]["lr"] = cfg.lr * (1 - (update - 1) / self.n_updates)
         tok = self.model.backbone.tokenizer
         if self.obs_rms is not None and tok.box_observations:
-            tok.set_observation_stats(self.obs_rms.mean, np.sqrt(self.obs_rms.var))
+            self.set_observation_stats(self.obs_rms.mean, np.sqrt(self.obs_rms.var))
         ro = self.rollout(self.train_env, self.carry, T, L)
         adv = gae(ro.rew, ro.val, ro.next_value, ro.term, ro.trunc, cfg.gamma, cfg.gae_lambda)
         ret = adv + ro.val

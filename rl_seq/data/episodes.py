@@ -4,9 +4,16 @@ Built from a Minari dataset or from online rollouts. Episode ``e`` covers steps
 ``offsets[e]:offsets[e+1]``; ``observations`` holds the observation *before* each step
 (Minari's ``T+1`` observations minus the last, which is kept in ``final_observations``).
 
-Dict observation spaces are flattened by one rule: the Box leaves, in the space's key
-order, each reshaped to a vector and concatenated (``flatten_space`` order). Dict spaces with
-non-Box leaves are refused with an error.
+Composite observations (Dict and Tuple spaces, nested) are flattened by one rule,
+Gymnasium's (``gymnasium.spaces.flatten``, the reference :func:`flatten_observations` is held
+equal to): Box leaves raveled, Discrete and MultiDiscrete leaves one-hot, MultiBinary leaves as
+their bits, concatenated in the space's order (Dict: its key order) into one float32 vector per
+step, which the agents embed as a Box (a linear map of a one-hot is an embedding table, so each
+leaf is embedded by its own space; only the Box leaves are normalised, :func:`box_dims`), the
+way Stable-Baselines3 feeds Dict observations to an MLP. Image leaves are raveled too (no CNN
+inside a composite space). Leaves with no fixed-size vector form (Text, Sequence, Graph) are
+refused with an error naming the key. The agent keeps the env's space, so ``predict`` takes the
+env's dicts and tuples as they come.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ class Episodes:
     env_id: str | None = None
     dataset_id: str | None = None
     env_kwargs: dict = field(default_factory=dict)
+    composite_space: gym.Space | None = None  # the env's Dict/Tuple space, flattened into observation_space
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -57,7 +65,8 @@ class Episodes:
             truncations=np.concatenate([np.asarray(e["truncations"], bool) for e in episodes]),
             offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
             final_observations=np.stack([o[-1] for o in obs]),
-            observation_space=obs_space, action_space=action_space, **meta)
+            observation_space=obs_space, action_space=action_space,
+            composite_space=observation_space if isinstance(observation_space, COMPOSITE) else None, **meta)
         out.validate()
         return out
 
@@ -90,6 +99,11 @@ class Episodes:
             dataset_id=dataset.spec.dataset_id)
 
     # -- views -----------------------------------------------------------------------------
+    @property
+    def env_observation_space(self) -> gym.Space:
+        """The env's observation space (a Dict/Tuple one for flattened data)."""
+        return self.composite_space or self.observation_space
+
     @property
     def num_episodes(self) -> int:
         return len(self.offsets) - 1
@@ -165,12 +179,26 @@ class Episodes:
             self.observations[idx], self.actions[idx], self.rewards[idx], self.terminations[idx],
             self.truncations[idx], np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
             self.final_observations[keep], self.observation_space, self.action_space,
-            self.ref_min_score, self.ref_max_score, self.env_id, self.dataset_id, self.env_kwargs)
+            self.ref_min_score, self.ref_max_score, self.env_id, self.dataset_id, self.env_kwargs,
+            self.composite_space)
 
     def check_actions(self) -> None:
-        """Raise if the data's actions lie outside its bounded Box action space (a tanh head
-        cannot reach them, and training on them would fit silently wrong targets)."""
+        """Raise if the data's actions lie outside its action space: a bounded Box (a tanh head
+        cannot reach them, and training on them would fit silently wrong targets) or a
+        Discrete / MultiDiscrete one (an index off the categorical head's table)."""
         sp = self.action_space
+        if isinstance(sp, gym.spaces.Discrete | gym.spaces.MultiDiscrete) and len(self.actions):
+            a = np.asarray(self.actions)
+            if isinstance(sp, gym.spaces.Discrete):
+                ok = (a.shape[1:] in ((), (1,))) and bool(((a >= sp.start) & (a < sp.start + sp.n)).all())
+            else:
+                ok = a.shape[1:] == sp.shape and bool(((a >= sp.start) & (a < sp.start + sp.nvec)).all())
+            if not ok:
+                raise ValueError(
+                    f"actions of {self.dataset_id} do not fit its action space {sp} (shape {a.shape[1:]}, values "
+                    f"{a.min()}..{a.max()}); record the dataset with the env's own action space, or map the actions "
+                    "into it before training")
+            return
         if not isinstance(sp, gym.spaces.Box) or not len(self.actions):
             return
         a = self.actions.reshape(len(self.actions), -1)
@@ -227,23 +255,99 @@ def spaces_match(a: gym.Space, b: gym.Space) -> bool:
     return True
 
 
+COMPOSITE = (gym.spaces.Dict, gym.spaces.Tuple)
+FLAT_LEAVES = (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)
+
+
+def _leaves(space: gym.Space, obs=None, path: str = "") -> list[tuple[str, gym.Space, object]]:
+    """(path, leaf space, leaf value) of a composite space in flatten order (values None
+    without ``obs``)."""
+    if isinstance(space, gym.spaces.Dict):
+        if obs is not None and not isinstance(obs, dict):
+            raise ValueError(f"observation{path} is a {type(obs).__name__}, but the space is a Dict {space}")
+        return [leaf for k, s in space.spaces.items()
+                for leaf in _leaves(s, None if obs is None else _key(obs, k, path), f"{path}[{k!r}]")]
+    if isinstance(space, gym.spaces.Tuple):
+        if obs is not None and (not isinstance(obs, tuple | list) or len(obs) != len(space.spaces)):
+            raise ValueError(f"observation{path} should be a tuple of {len(space.spaces)} parts for {space}, "
+                             f"got {type(obs).__name__}")
+        return [leaf for i, s in enumerate(space.spaces)
+                for leaf in _leaves(s, None if obs is None else obs[i], f"{path}[{i}]")]
+    return [(path, space, obs)]
+
+
+def _key(obs: dict, k: str, path: str):
+    if k not in obs:
+        raise ValueError(f"observation{path} has no key {k!r} (keys: {', '.join(map(str, obs))}); "
+                         "pass the env's observations as they come")
+    return obs[k]
+
+
 def flat_observation_space(space: gym.Space) -> gym.Space:
-    """Dict spaces of Box leaves -> one Box (see module docstring); others unchanged."""
-    if not isinstance(space, gym.spaces.Dict):
+    """Dict and Tuple spaces -> one float32 Box (module docstring); others unchanged."""
+    if not isinstance(space, COMPOSITE):
         return space
-    leaves = list(space.spaces.items())
-    for k, s in leaves:
-        if not isinstance(s, gym.spaces.Box):
+    for path, leaf, _ in _leaves(space):
+        if not isinstance(leaf, FLAT_LEAVES):
             raise TypeError(
-                f"Dict observation key {k!r} is {s}; rl_seq flattens Dict spaces of Box leaves "
-                "only - wrap the env to make that key a Box first")
-    return gym.spaces.flatten_space(space)
+                f"observation{path} is {leaf}, which has no fixed-size vector form; rl_seq flattens Dict and "
+                "Tuple observations of Box, Discrete, MultiDiscrete and MultiBinary leaves: drop or convert that "
+                "key with a wrapper first (gymnasium.wrappers.FilterObservation; for MiniGrid's mission text, "
+                "minigrid.wrappers.ImgObsWrapper)")
+    flat = gym.spaces.flatten_space(space)
+    return gym.spaces.Box(flat.low.astype(np.float32), flat.high.astype(np.float32), dtype=np.float32)
+
+
+def box_dims(space: gym.Space) -> np.ndarray:
+    """[n] bool over the flat observation: True where a dimension comes from a Box leaf (the
+    dimensions normalisation statistics apply to; one-hot and bit dimensions are left as they
+    are)."""
+    if not isinstance(space, COMPOSITE):
+        return np.ones(int(np.prod(space.shape)), bool)
+    flat_observation_space(space)
+    return np.concatenate([np.full(gym.spaces.flatdim(leaf), isinstance(leaf, gym.spaces.Box))
+                           for _, leaf, _ in _leaves(space)])
+
+
+def _flat_leaf(path: str, leaf: gym.Space, x) -> np.ndarray:
+    """A leaf's values [T, *leaf.shape] -> [T, flatdim] (float32)."""
+    x = np.asarray(x)
+    n = len(x)
+    if x.shape[1:] != leaf.shape:
+        raise ValueError(f"observation{path} has shape {x.shape[1:]} per step, but its space {leaf} has shape "
+                         f"{leaf.shape}; check that the env or the dataset matches the one the agent was trained on")
+    if isinstance(leaf, gym.spaces.Box | gym.spaces.MultiBinary):
+        return x.reshape(n, -1).astype(np.float32)
+    if isinstance(leaf, gym.spaces.Discrete):
+        sizes, idx = np.array([leaf.n]), (x.reshape(n, 1) - leaf.start).astype(np.int64)
+    else:  # MultiDiscrete
+        sizes, idx = leaf.nvec.ravel(), (x.reshape(n, -1) - leaf.start.ravel()).astype(np.int64)
+    if idx.size and ((idx < 0) | (idx >= sizes)).any():
+        raise ValueError(f"observation{path} holds values outside its space {leaf}; check that the env or the "
+                         "dataset matches the one the agent was trained on")
+    out = np.zeros((n, int(sizes.sum())), np.float32)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    np.put_along_axis(out, idx + offsets, 1.0, 1)
+    return out
 
 
 def flatten_observations(space: gym.Space, obs) -> np.ndarray:
-    """Observations [T, ...] (a dict of arrays for Dict spaces) -> array [T, ...]."""
-    if not isinstance(space, gym.spaces.Dict):
+    """A batch of observations [T, ...] (for Dict/Tuple spaces the batched dict/tuple of leaf
+    arrays a vector env or Minari gives) -> [T, n] float32 (composite spaces; others
+    unchanged): ``gymnasium.spaces.flatten`` of each, at once."""
+    if not isinstance(space, COMPOSITE):
         return np.asarray(obs)
     flat_observation_space(space)
-    parts = [np.asarray(obs[k]).reshape(len(obs[k]), -1) for k in space.spaces]
-    return np.concatenate(parts, 1).astype(np.float32)
+    leaves = _leaves(space, obs)
+    steps = {path: np.shape(x)[0] if np.ndim(x) else None for path, _, x in leaves}
+    if None in steps.values() or len(set(steps.values())) > 1:
+        raise ValueError(f"the observation's parts hold different numbers of steps ({steps}); pass one batch of "
+                         "observations, each part with the same leading length")
+    return np.concatenate([_flat_leaf(path, leaf, x) for path, leaf, x in leaves], 1)
+
+
+def is_single_observation(space: gym.Space, obs) -> bool:
+    """Whether ``obs`` of a composite space is one observation (its first leaf has the leaf's
+    shape) rather than a batch."""
+    _, leaf, x = _leaves(space, obs)[0]
+    return np.shape(x) == leaf.shape

@@ -1,9 +1,12 @@
 """Dict and Tuple observations: one flattening rule (Gymnasium's) for datasets, rollouts and
 ``predict``; every memory agent trains on them online and return-conditioned agents offline."""
 
+import random
+
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 import rl_seq
 from rl_seq.data import Episodes
@@ -150,3 +153,18 @@ def test_return_conditioned_agent_learns_from_composite_data(tmp_path):
     obs, _ = env.reset(seed=0)
     assert loaded.predict(obs, rewards=np.zeros(1))[0] == agent.predict(obs, rewards=np.zeros(1))[0]
     assert len(loaded.evaluate(episodes=2).returns) == 2
+
+
+def test_lstm_learns_the_dict_cue_task():
+    """The Discrete cue of a Dict observation reaches the memory: lstm names it at the end of
+    the episode (chance 1/3). Measured: 100 % success on each of seeds 1-5 at 8192 env steps
+    (15 s each on one core); a seed this test did not pick."""
+    seed, threads = random.randrange(10_000), torch.get_num_threads()
+    agent = rl_seq.make_agent("lstm", "test/Cue-v0", n_envs=8, n_steps=64, seq_len=16, n_minibatches=4, seed=seed,
+                              eval_episodes=0, max_timestep=8, threads=1)
+    try:
+        agent.learn(env="test/Cue-v0", steps=8192)
+    finally:
+        torch.set_num_threads(threads)  # the suite's
+    success = np.mean(np.array(agent.evaluate(episodes=100, seed=10_000).returns) > 0.5)
+    assert success >= 0.9, f"seed {seed}: success {success:.2f}"

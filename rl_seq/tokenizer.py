@@ -73,7 +73,10 @@ def is_image_space(space: gym.Space) -> bool:
 class SpaceEmbedding(nn.Module):
     """Embeds values of one Gymnasium space into D. Box: (x - mean)/std then linear; image
     Box [H,W,C]: a small CNN; Discrete: a table; MultiDiscrete: summed tables;
-    MultiBinary: linear."""
+    MultiBinary: linear. A Dict/Tuple space with image leaves (its other composites reach
+    the tokenizer as their flat Box): the flat observation of :mod:`rl_seq.data.episodes`,
+    each image leaf through its own CNN, the rest (Box parts normalised, one-hot and bit parts
+    as they are) through one linear map, summed."""
 
     def __init__(self, space: gym.Space, d_model: int) -> None:
         super().__init__()
@@ -103,16 +106,40 @@ class SpaceEmbedding(nn.Module):
         elif isinstance(space, gym.spaces.MultiBinary):
             self.net = nn.Linear(int(np.prod(space.shape)), d_model)
             self.kind = "multibinary"
+        elif isinstance(space, gym.spaces.Dict | gym.spaces.Tuple):
+            from rl_seq.data.episodes import box_dims, composite_leaves
+
+            self.kind, start, vector = "composite", 0, []
+            self.images, self.image_slices = nn.ModuleList(), []
+            for leaf in composite_leaves(space):
+                n = gym.spaces.flatdim(leaf)
+                if is_image_space(leaf):
+                    self.images.append(SpaceEmbedding(leaf, d_model))
+                    self.image_slices.append((start, start + n))
+                else:
+                    vector.extend(range(start, start + n))
+                start += n
+            self.register_buffer("vector", torch.as_tensor(vector, dtype=torch.long))
+            self.register_buffer("box", torch.as_tensor(box_dims(space)[vector], dtype=torch.bool))
+            self.net = nn.Linear(len(vector), d_model) if vector else None
+            self.register_buffer("mean", torch.zeros(len(vector)))
+            self.register_buffer("std", torch.ones(len(vector)))
         else:
             raise TypeError(
                 f"no embedding for space {space}; Dict/Tuple observations are flattened by "
                 "rl_seq.data (see Episodes.from_minari) before they reach the tokenizer")
 
     def set_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
-        if self.kind != "box":
-            raise TypeError("normalisation statistics apply to Box spaces only")
-        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32).flatten())
-        self.std.copy_(torch.as_tensor(std, dtype=torch.float32).flatten().clamp_min(1e-6))
+        """Statistics of the (flat) observation: a Box's, or a composite space's (applied to
+        its Box parts)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std = torch.as_tensor(std, dtype=torch.float32).flatten().clamp_min(1e-6)
+        if self.kind == "composite":
+            mean, std = mean[self.vector].where(self.box, 0.0), std[self.vector].where(self.box, 1.0)
+        elif self.kind != "box":
+            raise TypeError("normalisation statistics apply to Box and composite spaces only")
+        self.mean.copy_(mean)
+        self.std.copy_(std)
 
     def forward(self, x: Tensor) -> Tensor:
         """x [B, T, *space.shape] -> [B, T, D]"""
@@ -122,6 +149,13 @@ class SpaceEmbedding(nn.Module):
             return self.net(img).view(*lead, -1)
         if self.kind == "box":
             return self.net((x.reshape(*lead, -1).float() - self.mean) / self.std)
+        if self.kind == "composite":
+            x = x.reshape(*lead, -1).float()
+            out = sum(m(x[..., a:b].reshape(*lead, *m.space.shape))
+                      for m, (a, b) in zip(self.images, self.image_slices, strict=True))
+            if self.net is not None:
+                out = out + self.net((x[..., self.vector] - self.mean) / self.std)
+            return out
         if self.kind == "discrete":
             return self.net(x.long().reshape(lead) - self.start)
         if self.kind == "multidiscrete":
@@ -186,8 +220,9 @@ class TrajectoryTokenizer(nn.Module):
         return "obs" in self.embed and self.embed["obs"].kind == "box"
 
     def set_observation_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
-        """Normalise Box observations by ``mean``/``std`` (no-op for other spaces)."""
-        if self.box_observations:
+        """Normalise Box observations (and a composite space's Box parts) by ``mean``/``std``
+        (no-op for other spaces)."""
+        if "obs" in self.embed and self.embed["obs"].kind in ("box", "composite"):
             self.embed["obs"].set_normalization(mean, std)
 
     def normalize_observations(self, obs: Tensor) -> Tensor:

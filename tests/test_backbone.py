@@ -35,9 +35,11 @@ def test_every_space_embeds(name):
     x.sum().backward()
 
 
-def test_dict_space_is_refused_with_a_pointer():
-    with pytest.raises(TypeError, match="flattened by"):
-        TrajectoryTokenizer(gym.spaces.Dict(a=BOX), BOX, 16)
+def test_composite_spaces_the_flat_rule_cannot_take_are_refused_with_a_pointer():
+    with pytest.raises(TypeError, match=r"observation\['m'\] is Text.*ImgObsWrapper"):
+        TrajectoryTokenizer(gym.spaces.Dict(a=BOX, m=gym.spaces.Text(4)), BOX, 16)
+    with pytest.raises(TypeError, match="no embedding for space Text"):
+        TrajectoryTokenizer(gym.spaces.Text(4), BOX, 16)
 
 
 def test_discretiser_round_trip_at_bin_centres():

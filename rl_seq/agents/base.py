@@ -31,6 +31,7 @@ from rl_seq.data.episodes import (
     COMPOSITE,
     Episodes,
     box_dims,
+    composite_leaves,
     flat_observation_space,
     flatten_observations,
     is_single_observation,
@@ -40,6 +41,7 @@ from rl_seq.data.episodes import (
 from rl_seq.distributed import world
 from rl_seq.engine import Collected, Plan
 from rl_seq.runs import seed_everything
+from rl_seq.tokenizer import is_image_space
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,15 @@ class Agent:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)  # as SB3: the seed fixes the initial weights too
         self.model = self._build().to(self.device)
+
+    @property
+    def model_observation_space(self) -> gym.Space:
+        """The space the model embeds: the flat one, or a Dict/Tuple space with image leaves
+        (each through its own CNN; :class:`rl_seq.tokenizer.SpaceEmbedding`)."""
+        space = self.env_observation_space
+        if isinstance(space, COMPOSITE) and any(is_image_space(leaf) for leaf in composite_leaves(space)):
+            return space
+        return self.observation_space
 
     # -- to implement -------------------------------------------------------------------
     def _build(self) -> torch.nn.Module:

@@ -157,7 +157,7 @@ class DecisionAgent(Agent):
     stochastic = False  # the policy head: deterministic tanh, or a squashed Gaussian (odt)
 
     def _build(self) -> nn.Module:
-        model = DecisionModel(self.observation_space, self.action_space, self.config, self.stochastic)
+        model = DecisionModel(self.model_observation_space, self.action_space, self.config, self.stochastic)
         if "return_scale" in self.meta:
             model.return_scale.fill_(self.meta["return_scale"])
         return model

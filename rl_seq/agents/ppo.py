@@ -219,7 +219,7 @@ class PPOAgent(Agent):
     ret_rms: RunningMeanStd | None = None
 
     def _build(self) -> nn.Module:
-        return PPOModel(self.observation_space, self.action_space, self.config)
+        return PPOModel(self.model_observation_space, self.action_space, self.config)
 
     # -- acting (shared by rollouts, evaluate and SB3 loops) -------------------------------
     def _fields(self, obs: Tensor, prev_act: Tensor, prev_rew: Tensor, timestep: Tensor) -> dict:
@@ -327,8 +327,7 @@ class PPOAgent(Agent):
             self.carry = self.start_carry(self.train_env, cfg.seed + 1000 * (update - 1))
         if cfg.anneal_lr:
             self.optimizer.param_groups[0]["lr"] = cfg.lr * (1 - (update - 1) / self.n_updates)
-        tok = self.model.backbone.tokenizer
-        if self.obs_rms is not None and tok.box_observations:
+        if self.obs_rms is not None:  # Box parts only (a no-op for images)
             self.set_observation_stats(self.obs_rms.mean, np.sqrt(self.obs_rms.var))
         ro = self.rollout(self.train_env, self.carry, T, L)
         adv = gae(ro.rew, ro.val, ro.next_value, ro.term, ro.trunc, cfg.gamma, cfg.gae_lambda)

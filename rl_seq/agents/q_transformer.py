@@ -221,7 +221,7 @@ class QTAgent(Agent):
     def _build(self) -> nn.Module:
         if not isinstance(self.action_space, gym.spaces.Box):
             raise TypeError(f"qt discretises Box actions; got {self.action_space} (use dt for discrete actions)")
-        return QTModel(self.observation_space, self.action_space, self.config)
+        return QTModel(self.model_observation_space, self.action_space, self.config)
 
     def setup_from_data(self, episodes: Episodes) -> None:
         super().setup_from_data(episodes)

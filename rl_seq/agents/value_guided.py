@@ -117,7 +117,7 @@ class VDTAgent(DecisionAgent):
     data_parallel = False  # the critic runs outside the DDP-wrapped forward
 
     def _build(self) -> nn.Module:
-        obs, act = self.observation_space, self.action_space
+        obs, act = self.model_observation_space, self.action_space
         if not (isinstance(act, gym.spaces.Box) and isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1):
             raise TypeError(f"vdt's critic is an MLP over vector observations and Box actions; got {obs} and {act} "
                             "(use dt for discrete actions or images)")

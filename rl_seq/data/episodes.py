@@ -10,10 +10,10 @@ equal to): Box leaves raveled, Discrete and MultiDiscrete leaves one-hot, MultiB
 their bits, concatenated in the space's order (Dict: its key order) into one float32 vector per
 step, which the agents embed as a Box (a linear map of a one-hot is an embedding table, so each
 leaf is embedded by its own space; only the Box leaves are normalised, :func:`box_dims`), the
-way Stable-Baselines3 feeds Dict observations to an MLP. Image leaves are raveled too (no CNN
-inside a composite space). Leaves with no fixed-size vector form (Text, Sequence, Graph) are
-refused with an error naming the key. The agent keeps the env's space, so ``predict`` takes the
-env's dicts and tuples as they come.
+way Stable-Baselines3 feeds Dict observations to an MLP. Image leaves are raveled too, and the
+model takes each back to its own CNN (``Agent.model_observation_space``). Leaves with no
+fixed-size vector form (Text, Sequence, Graph) are refused with an error naming the key. The
+agent keeps the env's space, so ``predict`` takes the env's dicts and tuples as they come.
 """
 
 from __future__ import annotations
@@ -274,6 +274,11 @@ def _leaves(space: gym.Space, obs=None, path: str = "") -> list[tuple[str, gym.S
         return [leaf for i, s in enumerate(space.spaces)
                 for leaf in _leaves(s, None if obs is None else obs[i], f"{path}[{i}]")]
     return [(path, space, obs)]
+
+
+def composite_leaves(space: gym.Space) -> list[gym.Space]:
+    """The leaf spaces of a Dict/Tuple space, in flatten order."""
+    return [leaf for _, leaf, _ in _leaves(space)]
 
 
 def _key(obs: dict, k: str, path: str):

@@ -53,6 +53,11 @@ def test_bad_composite_observations_are_named():
     good = {"pos": np.zeros((2, 2, 3), np.float32), "cue": np.array([1, 3])}
     with pytest.raises(ValueError, match=r"observation\['cue'\] holds values outside"):
         flatten_observations(space, {**good, "cue": np.array([0, 3])})  # below start: not wrapped round
+    with pytest.raises(ValueError, match=r"observation\['cue'\] holds values outside"):
+        flatten_observations(space, {**good, "cue": np.array([1.5, 3])})  # a fraction: not truncated
+    with pytest.raises(ValueError, match=r"observation\[0\]\[1\] holds values outside"):
+        flatten_observations(gym.spaces.Tuple((gym.spaces.Tuple((BOX, gym.spaces.MultiBinary(2))),)),
+                             ((good["pos"], np.array([[0, 2], [1, 0]])),))  # a bit that is not 0/1
     with pytest.raises(ValueError, match=r"observation\['pos'\] has shape \(3, 3\) per step"):
         flatten_observations(space, {**good, "pos": np.zeros((2, 3, 3), np.float32)})
     with pytest.raises(ValueError, match="no key 'cue'"):
@@ -63,7 +68,8 @@ def test_bad_composite_observations_are_named():
 
 @pytest.mark.parametrize("space,actions", [
     (gym.spaces.Discrete(3), [0, 3]), (gym.spaces.Discrete(3, start=1), [0, 1]),
-    (gym.spaces.MultiDiscrete([2, 3]), [[1, 3], [0, 0]])], ids=["above", "below-start", "multi"])
+    (gym.spaces.MultiDiscrete([2, 3]), [[1, 3], [0, 0]]), (gym.spaces.Discrete(3), [0.5, 1.0])],
+    ids=["above", "below-start", "multi", "fraction"])
 def test_discrete_actions_outside_the_space_are_refused(space, actions):
     eps = Episodes.from_episode_list(
         [dict(observations=np.zeros((3, 2), np.float32), actions=np.array(actions), rewards=np.zeros(2),
@@ -71,7 +77,8 @@ def test_discrete_actions_outside_the_space_are_refused(space, actions):
         gym.spaces.Box(-1, 1, (2,)), space, dataset_id="t")
     with pytest.raises(ValueError, match="do not fit its action space"):
         eps.check_actions()
-    eps.actions = np.clip(eps.actions, space.start, space.start + (space.n if hasattr(space, "n") else space.nvec) - 1)
+    high = space.start + (space.n if hasattr(space, "n") else space.nvec) - 1
+    eps.actions = np.clip(np.round(eps.actions), space.start, high)
     eps.check_actions()  # in range: accepted
 
 

@@ -189,10 +189,12 @@ class Episodes:
         sp = self.action_space
         if isinstance(sp, gym.spaces.Discrete | gym.spaces.MultiDiscrete) and len(self.actions):
             a = np.asarray(self.actions)
+            whole = bool((a == np.round(a)).all())  # 1.5 would be truncated silently
             if isinstance(sp, gym.spaces.Discrete):
                 ok = (a.shape[1:] in ((), (1,))) and bool(((a >= sp.start) & (a < sp.start + sp.n)).all())
             else:
                 ok = a.shape[1:] == sp.shape and bool(((a >= sp.start) & (a < sp.start + sp.nvec)).all())
+            ok = ok and whole
             if not ok:
                 raise ValueError(
                     f"actions of {self.dataset_id} do not fit its action space {sp} (shape {a.shape[1:]}, values "
@@ -321,15 +323,21 @@ def _flat_leaf(path: str, leaf: gym.Space, x) -> np.ndarray:
     if x.shape[1:] != leaf.shape:
         raise ValueError(f"observation{path} has shape {x.shape[1:]} per step, but its space {leaf} has shape "
                          f"{leaf.shape}; check that the env or the dataset matches the one the agent was trained on")
-    if isinstance(leaf, gym.spaces.Box | gym.spaces.MultiBinary):
+    bad = ValueError(f"observation{path} holds values outside its space {leaf}; check that the env or the "
+                     "dataset matches the one the agent was trained on")
+    if isinstance(leaf, gym.spaces.Box):
+        return x.reshape(n, -1).astype(np.float32)
+    if isinstance(leaf, gym.spaces.MultiBinary):
+        if not ((x == 0) | (x == 1)).all():
+            raise bad
         return x.reshape(n, -1).astype(np.float32)
     if isinstance(leaf, gym.spaces.Discrete):
-        sizes, idx = np.array([leaf.n]), (x.reshape(n, 1) - leaf.start).astype(np.int64)
+        sizes, raw = np.array([leaf.n]), x.reshape(n, 1) - leaf.start
     else:  # MultiDiscrete
-        sizes, idx = leaf.nvec.ravel(), (x.reshape(n, -1) - leaf.start.ravel()).astype(np.int64)
-    if idx.size and ((idx < 0) | (idx >= sizes)).any():
-        raise ValueError(f"observation{path} holds values outside its space {leaf}; check that the env or the "
-                         "dataset matches the one the agent was trained on")
+        sizes, raw = leaf.nvec.ravel(), x.reshape(n, -1) - leaf.start.ravel()
+    idx = raw.astype(np.int64)
+    if idx.size and ((idx != raw) | (idx < 0) | (idx >= sizes)).any():  # fractions too
+        raise bad
     out = np.zeros((n, int(sizes.sum())), np.float32)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     np.put_along_axis(out, idx + offsets, 1.0, 1)
@@ -342,8 +350,9 @@ def flatten_observations(space: gym.Space, obs) -> np.ndarray:
     unchanged): ``gymnasium.spaces.flatten`` of each, at once."""
     if not isinstance(space, COMPOSITE):
         return np.asarray(obs)
-    flat_observation_space(space)
     leaves = _leaves(space, obs)
+    if not all(isinstance(leaf, FLAT_LEAVES) for _, leaf, _ in leaves):
+        flat_observation_space(space)  # the error naming the leaf (not rebuilt per call: rollouts call this every step)
     steps = {path: np.shape(x)[0] if np.ndim(x) else None for path, _, x in leaves}
     if None in steps.values() or len(set(steps.values())) > 1:
         raise ValueError(f"the observation's parts hold different numbers of steps ({steps}); pass one batch of "

@@ -13,6 +13,9 @@ ENVS: dict[str, dict] = {
     "rl_seq/KeyToDoor-v0": dict(entry_point="rl_seq.envs.memory:KeyToDoorEnv"),
     "rl_seq/CartPoleNoVel-v0": dict(entry_point="rl_seq.envs.memory:CartPoleNoVelEnv",
                                     max_episode_steps=500),
+    "rl_seq/Bandit-v0": dict(entry_point="rl_seq.envs.in_context:BanditEnv"),
+    "rl_seq/DarkRoom-v0": dict(entry_point="rl_seq.envs.in_context:DarkRoomEnv"),
+    "rl_seq/DarkKeyToDoor-v0": dict(entry_point="rl_seq.envs.in_context:DarkKeyToDoorEnv"),
 }
 
 

@@ -7,6 +7,9 @@
 - ``sampler``: segment-sampler batches/s (64 x 20).
 - ``train``: training step time and acting ms/step of each offline algorithm at the
   reference DT size (embed 128, 3 layers, K=20, batch 64), at 1 and 2 threads.
+- ``in-context``: ``ad``'s acting cost per step (``predict``, one env) after in-context
+  histories of 100..4000 transitions, per mixer at the preset size: attention with its KV
+  cache and recomputing the whole context, and the recurrent mixers.
 """
 
 from __future__ import annotations
@@ -181,7 +184,8 @@ def synthetic_episodes(n_episodes: int = 20, length: int = 1000, obs_dim: int = 
 def bench_train(out: str | Path = "bench_train.json", threads=(1, 2), quick: bool = False,
                 algos=None, compile: str = "auto") -> dict:
     """Training step (sample + forward + backward + AdamW) and acting latency per algorithm
-    (``algos``: all offline ones by default); ``compile`` is the agents' config value."""
+    (``algos``: all offline ones by default, but the in-context ones: ``bench in-context``);
+    ``compile`` is the agents' config value."""
     import logging
 
     import rl_seq
@@ -195,7 +199,7 @@ def bench_train(out: str | Path = "bench_train.json", threads=(1, 2), quick: boo
     old = torch.get_num_threads()
     for th in threads:
         torch.set_num_threads(th)
-        for algo in algos or [name for name, cls in ALGOS.items() if not cls.online]:
+        for algo in algos or [name for name, cls in ALGOS.items() if not (cls.online or cls.in_context)]:
             torch.manual_seed(0)
             agent = rl_seq.make_agent(algo, dataset=data, eval_episodes=0, compile=compile, **size)
             cfg = agent.config
@@ -349,6 +353,61 @@ EXAMPLES = """examples:
   rl-seq bench sb3 --hidden 64"""
 
 
+def bench_in_context(out: str | Path = "bench_in_context.json", contexts=(100, 500, 1000, 4000),
+                     mixers=("attention", "mlstm", "linear", "agalite", "s4d"), quick: bool = False) -> dict:
+    import gymnasium as gym
+
+    from rl_seq.agents import make_agent
+
+    torch.manual_seed(0)
+    contexts = (50, 200) if quick else contexts
+    spaces = (gym.spaces.MultiDiscrete([9, 9]), gym.spaces.Discrete(5))
+    obs, reward = np.array([[4, 4]]), np.zeros(1)
+    reps = 5 if quick else 30
+    results, rows = {}, []
+
+    def timed_predict(agent, state):
+        return _timeit(lambda: agent.predict(obs, state, np.zeros(1, bool), rewards=reward), reps)
+
+    for mixer in mixers:
+        lat = {}
+        for c in contexts:
+            agent = make_agent("ad", spaces, context=max(contexts), device="cpu", threads=torch.get_num_threads(),
+                               backbone=dict(mixer=mixer))
+            agent.model.eval()
+            with torch.no_grad():  # the history: c transitions through the backbone, in chunks
+                states = None
+                for i in range(0, c, 500):
+                    _, states = agent.model.backbone.forward_tokens(torch.randn(1, min(500, c - i), 64), states)
+            state = agent.new_state(1)
+            state.backbone, state.started = states, True
+            lat[c] = timed_predict(agent, state) * 1e3
+        results[mixer] = dict(step_ms=lat)
+        rows.append([mixer] + [lat[c] for c in contexts])
+        if mixer == "attention":  # without a cache: the whole context again at every step
+            backbone = make_agent("ad", spaces, context=max(contexts), device="cpu",
+                                  backbone=dict(mixer=mixer)).model.backbone.eval()
+            rec = {}
+            with torch.no_grad():
+                for c in contexts:
+                    x = torch.randn(1, c, 64)
+                    rec[c] = _timeit(lambda x=x, bb=backbone: bb.forward_tokens(x), max(3, reps // 5)) * 1e3
+            results["attention (recompute)"] = dict(step_ms=rec)
+            rows.append(["attention (recompute)"] + [rec[c] for c in contexts])
+    lo, hi = min(contexts), max(contexts)
+    print_table(f"ad acting, ms per step after a context of N transitions (D=64, 3 blocks; "
+                f"{torch.get_num_threads()} thread(s))", ["mixer"] + [f"N={c}" for c in contexts], rows)
+    targets = {f"{m}: step @{hi} / @{lo} <= 1.5": results[m]["step_ms"][hi] / results[m]["step_ms"][lo]
+               for m in mixers if m != "attention"}
+    results["targets"] = {k: dict(value=v, met=bool(v <= 1.5)) for k, v in targets.items()}
+    print_table("targets", ["target", "value", "met"],
+                [[k, v, "yes" if v <= 1.5 else "NO"] for k, v in targets.items()])
+    results["env"] = _env_info()
+    Path(out).write_text(json.dumps(results, indent=2, default=str))
+    print(f"wrote {out}")
+    return results
+
+
 def add_parser(sub, fmt) -> None:
     """``rl-seq bench ...``'s arguments, under the CLI's subcommands ``sub``."""
     b = sub.add_parser("bench", help="speed benchmarks (print a table, write JSON)", epilog=EXAMPLES,
@@ -368,6 +427,10 @@ def add_parser(sub, fmt) -> None:
     bt.add_argument("--algos", nargs="+", help="offline algorithms to time (default: all)")
     bt.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                     help="the agents' torch.compile setting (auto: on CUDA only)")
+    bi = bsub.add_parser("in-context", help="ad acting ms/step against the in-context history's length, per mixer")
+    bi.add_argument("--contexts", type=int, nargs="+", default=[100, 500, 1000, 4000])
+    bi.add_argument("--json", default="bench_in_context.json")
+    bi.add_argument("--quick", action="store_true", help="short contexts, for a smoke test")
     bp = bsub.add_parser("ppo", help="recurrent PPO env steps/s against sb3-contrib's RecurrentPPO")
     bp.add_argument("--env", default="CartPole-v1")
     bp.add_argument("--steps", type=int, default=8192)
@@ -389,6 +452,8 @@ def run(a) -> int:
         bench_sampler(a.dataset, a.json)
     elif a.what == "train":
         bench_train(a.json, threads=a.threads, quick=a.quick, algos=a.algos, compile=a.compile)
+    elif a.what == "in-context":
+        bench_in_context(a.json, contexts=a.contexts, quick=a.quick)
     elif a.what == "ppo":
         bench_ppo(a.json, env_id=a.env, steps=a.steps, threads=a.threads)
     else:

@@ -46,7 +46,10 @@ Every config key (--set key=value, dotted for nested keys), per algorithm family
   rl-seq datasets list
   rl-seq datasets info hopper/medium-v0
   rl-seq datasets download D4RL/door/human-v2
-  rl-seq datasets make Pendulum-v1 --name test/pendulum --expert-steps 60000""",
+  rl-seq datasets make Pendulum-v1 --name test/pendulum --expert-steps 60000
+  rl-seq datasets in-context dark-room --name rl_seq/darkroom/ad-v0 --tasks 64 --heldout 17 --episodes 400 --every 10
+  rl-seq datasets in-context bandit --kind dpt --name rl_seq/bandit/dpt-v0 --steps 500 --workers 2
+  rl-seq datasets in-context --env mymod:Corridor-v0 --sampler mymod:tasks --name me/corridor/ad-v0""",
     "plot": """examples:
   rl-seq plot runs/dt-hopper-s0 runs/dt-hopper-s1 --out dt.png""",
 }
@@ -163,6 +166,27 @@ def _parser() -> argparse.ArgumentParser:
     dm.add_argument("--expert-kwargs", default="{}", help='JSON of SB3 constructor arguments, e.g. \'{"gamma": 0.9}\'')
     dm.add_argument("--expert-path", help="load this SB3 model as the expert instead of training one")
 
+    ic = dsub.add_parser("in-context", help="learning histories (ad) or labelled in-context datasets (dpt) over a "
+                         "task family")
+    ic.add_argument("family", nargs="?", help="bandit, dark-room or dark-key-to-door (or --env with --sampler)")
+    ic.add_argument("--name", required=True, help="the dataset id to write, e.g. rl_seq/darkroom/ad-v0")
+    ic.add_argument("--kind", choices=["ad", "dpt"], default="ad")
+    ic.add_argument("--env", help="a task family of your own: its Gymnasium id (module:Id registers it)")
+    ic.add_argument("--sampler", help="module:function(rng) -> gym.make keyword arguments of one task")
+    ic.add_argument("--family-kwargs", default="{}", help='JSON for the task sampler, e.g. \'{"horizon": 100}\' '
+                    "(bandit: arms, horizon; dark rooms: size)")
+    ic.add_argument("--tasks", type=int, default=32, help="training tasks")
+    ic.add_argument("--heldout", type=int, default=8, help="held-out tasks (disjoint from the training ones)")
+    ic.add_argument("--episodes", type=int, default=200, help="ad: the source's episodes per task (dpt: the "
+                    "source's, to label a family without optimal actions)")
+    ic.add_argument("--every", type=int, default=1, help="ad: record one source episode in this many")
+    ic.add_argument("--steps", type=int, default=100, help="dpt: transitions per task's in-context dataset")
+    ic.add_argument("--runs", type=int, default=1, help="histories per training task (the source seeded anew)")
+    ic.add_argument("--expert", action="store_true", help="ad: the learnt source's episodes, not its history "
+                    "(the expert-distillation control)")
+    ic.add_argument("--workers", type=int, default=1, help="processes making tasks in parallel")
+    ic.add_argument("--seed", type=int, default=0)
+
     from rl_seq import bench
 
     bench.add_parser(sub, fmt)
@@ -227,6 +251,13 @@ def _print_eval(res: dict, title: str, best: dict | None = None, data: dict | No
                     "n/a (no reference scores)" if ns is None else f"{ns:.3f} ({100 * ns:.1f})",
                     str(r["episodes"]), str(r.get("step", "")))
     Console().print(tab)
+    if "curve_mean" in res:  # in-context agents: the last row is the last in-context episode, per held-out task
+        opt = [o for o in res.get("optimal_returns", []) if o]
+        frac = f"; optimal {sum(opt) / len(opt):.3g}" if opt and len(opt) == len(res["curve"]) else ""
+        print(f"return per in-context episode, mean over {len(res['curve'])} held-out tasks{frac}: "
+              + " ".join(f"{x:.3g}" for x in res["curve_mean"]))
+        if res.get("final_regret") is not None:
+            print(f"cumulative regret at the end: {res['final_regret']:.3g}")
 
 
 def cmd_sweep(a) -> int:
@@ -314,7 +345,29 @@ def cmd_datasets(a) -> int:
                       steps_per_level=a.steps_per_level, checkpoints=a.checkpoints,
                       medium_fraction=a.medium_fraction, n_envs=a.n_envs, seed=a.seed, algo=a.algo,
                       expert_kwargs=json.loads(a.expert_kwargs), expert_path=a.expert_path)
+    elif a.action == "in-context":
+        from rl_seq.data.in_context import make_in_context
+
+        if a.family is not None and (a.env or a.sampler):
+            raise CLIError("give a task family or --env with --sampler, not both")
+        s = make_in_context(a.name, a.kind, a.family, a.env, a.sampler, tasks=a.tasks, heldout=a.heldout,
+                            episodes=a.episodes, every=a.every, steps=a.steps, runs=a.runs, seed=a.seed,
+                            workers=a.workers, sampler_kwargs=_json_arg(a.family_kwargs, "--family-kwargs"),
+                            expert=a.expert)
+        from rl_seq.plot import print_table
+
+        print_table(f"{a.kind} data for {s['env_id']}", list(s), [list(s.values())])
     return 0
+
+
+def _json_arg(text: str, flag: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CLIError(f"{flag} is not JSON ({e}): give an object such as '{{\"horizon\": 100}}'") from None
+    if not isinstance(value, dict):
+        raise CLIError(f"{flag} must be a JSON object, got {text}")
+    return value
 
 
 def cmd_bench(a) -> int:

@@ -10,9 +10,11 @@ layout                meaning                                               used
 ``obs,act``           state, action                                         BC
 ``obs+prev_act+prev_rew``  one token: state, previous action and reward     online memory
 ``obs,act_dims``      state, then one token per discretised action dim       qt
+``obs+prev_act+prev_rew``  the same token across a task's episodes, no reset    ad
+``obs+act+rew``       one token per transition of an in-context dataset     dpt
 ====================  ====================================================  ==========
 
-Fields (``[B, T, ...]``): ``obs``, ``act``, ``rtg`` ([B,T] or [B,T,1]), ``prev_act``,
+Fields (``[B, T, ...]``): ``obs``, ``act``, ``rtg`` ([B,T] or [B,T,1]), ``rew``, ``prev_act``,
 ``prev_rew``, ``timestep`` (long [B,T], optional). ``act_dims`` reads ``act`` through the
 uniform per-dimension :class:`ActionDiscretiser` and expands to ``action_dim`` slots.
 Every token of step t gets the timestep embedding of t (when ``max_timestep`` is set).
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-FIELDS = ("obs", "act", "rtg", "prev_act", "prev_rew", "act_dims")
+FIELDS = ("obs", "act", "rtg", "rew", "prev_act", "prev_rew", "act_dims")
 
 
 class ActionDiscretiser(nn.Module):
@@ -202,8 +204,9 @@ class TrajectoryTokenizer(nn.Module):
             self.embed["act"] = SpaceEmbedding(action_space, d_model)
         if "rtg" in used:
             self.embed["rtg"] = nn.Linear(1, d_model)
-        if "prev_rew" in used:
-            self.embed["prev_rew"] = nn.Linear(1, d_model)
+        for name in ("rew", "prev_rew"):
+            if name in used:
+                self.embed[name] = nn.Linear(1, d_model)
         self.max_timestep = max_timestep
         self.time = nn.Embedding(max_timestep + 1, d_model) if max_timestep else None
         if self.time is not None:
@@ -249,7 +252,7 @@ class TrajectoryTokenizer(nn.Module):
         if name not in fields:
             raise KeyError(f"layout {self.layout!r} needs field {name!r}; got {sorted(fields)}")
         x = fields[name]
-        if name in ("rtg", "prev_rew"):
+        if name in ("rtg", "rew", "prev_rew"):
             return self.embed[name](x.float().reshape(*x.shape[:2], 1))
         return self.embed["act" if name == "prev_act" else name](x)
 

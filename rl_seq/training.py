@@ -20,7 +20,6 @@ import gymnasium as gym
 
 from rl_seq.agents import PRESETS, DecisionAgent, algos_that, config_for, load_agent, make_agent
 from rl_seq.config import to_dict
-from rl_seq.data import load_episodes
 
 
 def run_dir(algo: str, source: str, seed: int) -> Path:
@@ -88,7 +87,7 @@ def train(algo: str, *, dataset: str | None = None, env: str | None = None, conf
         agent = make_agent(algo, env, config=cfg)
         result = agent.learn(env=env, out=out, resume=resume)
     else:
-        episodes = load_episodes(dataset, download=download)
+        episodes = PRESETS[algo][0].load_data(dataset, download=download)
         agent = make_agent(algo, dataset=episodes, config=cfg)
         options = {}
         if offline_from is not None:

@@ -8,6 +8,7 @@ import gymnasium as gym
 
 from rl_seq.agents.base import Agent, EvalResult
 from rl_seq.agents.decision import DecisionAgent, DecisionConfig
+from rl_seq.agents.in_context import DPTAgent, InContextAgent, InContextConfig
 from rl_seq.agents.odt import ODTAgent, ODTConfig
 from rl_seq.agents.ppo import PPOAgent, PPOConfig
 from rl_seq.agents.q_transformer import QTAgent, QTConfig
@@ -34,6 +35,13 @@ PRESETS: dict[str, tuple[type[Agent], dict, str]] = {
             "value-guided Decision Transformer: dt regularised by a learnt critic (Q-value Regularized Transformer)"),
     "qt": (QTAgent, dict(backbone=dict(mixer="attention", n_heads=1)),
            "Q-Transformer: per-dimension autoregressive Q-learning, causal softmax attention"),
+    # ad / dpt: small models (the tasks are small) and a larger learning rate than DT's
+    "ad": (InContextAgent, dict(lr=3e-4, backbone=dict(mixer="attention", d_model=64, n_layers=3, n_heads=2,
+                                                       dropout=0.0)),
+           "Algorithm Distillation: in-context RL from learning histories across episodes"),
+    "dpt": (DPTAgent, dict(lr=3e-4, backbone=dict(mixer="attention", d_model=64, n_layers=3, n_heads=2,
+                                                  dropout=0.0)),
+            "Decision-Pretrained Transformer: in-context RL from optimal-action labels"),
     "gtrxl": (PPOAgent, dict(backbone=dict(mixer="xl_attention", block="gtrxl", d_model=64, n_layers=2, n_heads=4,
                                             mixer_options=dict(memory=64))),
               "GTrXL: recurrent PPO, Transformer-XL attention with memory, GRU-gated blocks"),
@@ -85,15 +93,13 @@ def make_agent(name: str, env_or_spaces: Any = None, *, dataset: Any = None,
     """Build an agent. Spaces come from ``env_or_spaces`` (an env, an env id, or an
     ``(observation_space, action_space)`` pair) or from ``dataset`` (an id or Episodes).
     ``fields`` are config fields (``lr=3e-4``, ``backbone={"mixer": "conv"}``)."""
-    from rl_seq.data import Episodes, load_episodes
-
     if config is None:
         config = config_for(name, **fields)
     if name not in PRESETS:
         config_for(name)  # the helpful error
     cls = PRESETS[name][0]
     if dataset is not None:
-        eps = dataset if isinstance(dataset, Episodes) else load_episodes(dataset)
+        eps = cls.load_data(dataset) if isinstance(dataset, str) else dataset
         obs_space, act_space = eps.env_observation_space, eps.action_space
     elif isinstance(env_or_spaces, tuple):
         obs_space, act_space = env_or_spaces
@@ -113,6 +119,7 @@ def load_agent(path) -> Agent:
     return Agent.load(path)
 
 
-__all__ = ["Agent", "EvalResult", "DecisionAgent", "DecisionConfig", "ODTAgent", "ODTConfig", "QTAgent", "QTConfig",
+__all__ = ["Agent", "EvalResult", "DecisionAgent", "DecisionConfig", "InContextAgent", "DPTAgent",
+           "InContextConfig", "ODTAgent", "ODTConfig", "QTAgent", "QTConfig",
            "VDTAgent", "VDTConfig", "PPOAgent", "PPOConfig", "ALGOS", "PRESETS", "make_agent", "load_agent",
            "config_for"]

@@ -86,6 +86,7 @@ class Agent:
     algo: str = ""
     config_class: type = TrainConfig
     online: bool = False  # trained in an env (learn(env=...)) rather than on a dataset
+    in_context: bool = False  # trained on in-context data (ad, dpt), evaluated on held-out tasks
     data_parallel: bool = True  # trains under torchrun (DDP); False: one process only
     progress_metrics: tuple[str, ...] | None = None  # shown in the progress bar (None: all)
 
@@ -117,6 +118,13 @@ class Agent:
         if isinstance(space, COMPOSITE) and any(is_image_space(leaf) for leaf in composite_leaves(space)):
             return space
         return self.observation_space
+
+    @classmethod
+    def load_data(cls, dataset_id: str, download: bool = False) -> Episodes:
+        """The training data of a dataset id, as this algorithm reads it (offline agents)."""
+        from rl_seq.data import load_episodes
+
+        return load_episodes(dataset_id, download)
 
     # -- to implement -------------------------------------------------------------------
     def _build(self) -> torch.nn.Module:

@@ -11,9 +11,10 @@ import warnings
 from pathlib import Path
 
 
-def create_dataset(dataset_id: str, buffers: list, **kwargs):
+def create_dataset(dataset_id: str, buffers: list, metadata: dict | None = None, **kwargs):
     """``minari.create_dataset_from_buffers(dataset_id, buffers, **kwargs)``, atomically;
-    an existing dataset of that id is replaced only once the new one is complete."""
+    an existing dataset of that id is replaced only once the new one is complete.
+    ``metadata``: more keys for the dataset's metadata (written before it is moved in place)."""
     import minari
     from minari.storage.datasets_root_dir import get_dataset_path
 
@@ -24,7 +25,9 @@ def create_dataset(dataset_id: str, buffers: list, **kwargs):
         os.environ["MINARI_DATASETS_PATH"] = str(tmp)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # minari asks for author/permalink
-            minari.create_dataset_from_buffers(dataset_id, buffers, **kwargs)
+            ds = minari.create_dataset_from_buffers(dataset_id, buffers, **kwargs)
+        if metadata:
+            ds.storage.update_metadata(metadata)
         for meta in tmp.rglob("namespace_metadata.json"):  # the namespaces' own files, if new
             dst = root / meta.relative_to(tmp)
             if not dst.exists():

@@ -47,7 +47,7 @@ Every config key (--set key=value, dotted for nested keys), per algorithm family
   rl-seq datasets info hopper/medium-v0
   rl-seq datasets download D4RL/door/human-v2
   rl-seq datasets make Pendulum-v1 --name test/pendulum --expert-steps 60000
-  rl-seq datasets in-context dark-room --name rl_seq/darkroom/ad-v0 --tasks 64 --heldout 17 --episodes 400 --every 10
+  rl-seq datasets in-context dark-room --name rl_seq/darkroom/ad-v0 --tasks 64 --heldout 17 --episodes 150 --every 3
   rl-seq datasets in-context bandit --kind dpt --name rl_seq/bandit/dpt-v0 --steps 500 --workers 2
   rl-seq datasets in-context --env mymod:Corridor-v0 --sampler mymod:tasks --name me/corridor/ad-v0""",
     "plot": """examples:
@@ -184,7 +184,8 @@ def _parser() -> argparse.ArgumentParser:
     ic.add_argument("--runs", type=int, default=1, help="histories per training task (the source seeded anew)")
     ic.add_argument("--expert", action="store_true", help="ad: the learnt source's episodes, not its history "
                     "(the expert-distillation control)")
-    ic.add_argument("--workers", type=int, default=1, help="processes making tasks in parallel")
+    ic.add_argument("--workers", type=int, default=1, help="processes making histories in parallel")
+    ic.add_argument("--address", help="make them on Ray instead: auto, ray://HOST:PORT, or local (starts Ray here)")
     ic.add_argument("--seed", type=int, default=0)
 
     from rl_seq import bench
@@ -353,7 +354,7 @@ def cmd_datasets(a) -> int:
         s = make_in_context(a.name, a.kind, a.family, a.env, a.sampler, tasks=a.tasks, heldout=a.heldout,
                             episodes=a.episodes, every=a.every, steps=a.steps, runs=a.runs, seed=a.seed,
                             workers=a.workers, sampler_kwargs=_json_arg(a.family_kwargs, "--family-kwargs"),
-                            expert=a.expert)
+                            expert=a.expert, address=a.address)
         from rl_seq.plot import print_table
 
         print_table(f"{a.kind} data for {s['env_id']}", list(s), [list(s.values())])

@@ -21,6 +21,13 @@ history in their state, further than the windows they were trained on.
 Evaluation (:meth:`InContextAgent.evaluate`) runs held-out tasks, frozen weights,
 ``eval_episodes`` consecutive episodes per task in one context, and reports the return of each
 in-context episode; the result's ``returns`` are the last episode's.
+
+What the source teaches matters more than its speed: on Dark Room (64 training goals of 81),
+``ad`` distilled from optimistic Q-learning's histories (systematic exploration, twice as fast a
+learner) improved in context on the training goals (0.11 -> 0.52 of the optimal return over 30
+episodes) but not on held-out ones (0.02 -> 0.07): it learnt to search the goals it was trained
+on, which is Bayes-optimal for its training tasks. Distilled from epsilon-greedy histories
+(random exploration) it improved on held-out goals too (0.05 -> 0.54 over 60 episodes, one seed).
 """
 
 from __future__ import annotations

@@ -14,7 +14,11 @@ The sources, per task:
   against, and a learner whose history improves within H pulls;
 - everything else: tabular Q-learning with epsilon-greedy exploration (epsilon decays
   linearly from 1 to 0.05 over the first ``explore`` share of the episodes), on the
-  observation plus ``info["has_key"]`` where the env reports it. A table needs observations
+  observation plus ``info["has_key"]`` where the env reports it. ``optimism`` > 0 starts every
+  value there (systematic exploration: the greedy policy tries what it has not tried) with a
+  constant epsilon of 0.05; it learns Dark Room about 2x faster, but ``ad`` distilled from
+  those histories searched the training tasks' goals only (module ``rl_seq.agents.in_context``
+  notes), so the default is the random exploration of epsilon-greedy. A table needs observations
   that are few and hashable (Discrete / MultiDiscrete, or Box with a few integer values): a
   family with large observations needs its own source.
 
@@ -169,10 +173,11 @@ class QLearning:
     """Tabular Q-learning, epsilon-greedy (module docstring)."""
 
     def __init__(self, n_actions: int, rng: np.random.Generator, lr: float = 0.5, gamma: float = 0.9,
-                 explore: float = 0.6, eps_min: float = 0.05) -> None:
+                 explore: float = 0.6, eps_min: float = 0.05, optimism: float = 0.0) -> None:
         self.q: dict = {}
         self.n, self.rng, self.lr, self.gamma, self.explore, self.eps_min = n_actions, rng, lr, gamma, explore, eps_min
-        self.eps = 1.0
+        self.optimism = optimism
+        self.eps = eps_min if optimism > 0 else 1.0
 
     def _key(self, obs, info):
         x = np.asarray(obs)
@@ -182,7 +187,7 @@ class QLearning:
         return (*x.ravel().tolist(), bool((info or {}).get("has_key", False)))
 
     def _row(self, obs, info) -> np.ndarray:
-        return self.q.setdefault(self._key(obs, info), np.zeros(self.n))
+        return self.q.setdefault(self._key(obs, info), np.full(self.n, self.optimism))
 
     def greedy(self, obs, info) -> int:
         row = self._row(obs, info)
@@ -195,7 +200,8 @@ class QLearning:
         row = self._row(obs, info)
         target = r + (0.0 if done else self.gamma * self._row(next_obs, next_info).max())
         row[a] += self.lr * (target - row[a])
-        self.eps = max(self.eps_min, 1.0 - (episode + 1) / max(1, self.explore * episodes))
+        if self.optimism == 0:
+            self.eps = max(self.eps_min, 1.0 - (episode + 1) / max(1, self.explore * episodes))
 
 
 def make_source(env: gym.Env, rng: np.random.Generator):
@@ -291,15 +297,16 @@ def _task_job(args: tuple) -> dict:
 def make_in_context(dataset_id: str, kind: str = "ad", family: str | None = None, env_id: str | None = None,
                     sampler: str | None = None, tasks: int = 32, heldout: int = 8, episodes: int = 200,
                     every: int = 1, steps: int = 100, runs: int = 1, seed: int = 0, workers: int = 1,
-                    sampler_kwargs: dict | None = None, expert: bool = False) -> dict:
+                    sampler_kwargs: dict | None = None, expert: bool = False, address: str | None = None) -> dict:
     """Make an in-context dataset and write it into the Minari store (atomically). ``kind``:
     ``ad`` (the source's learning history of ``episodes`` episodes per task, one in ``every``
     recorded) or ``dpt`` (``steps`` random-behaviour transitions per task with query labels);
     ``runs`` histories (or datasets) per training task, each seeded on its own. ``expert``
     (ad): the learnt source's episodes instead of its history, as many as a history records
     (the expert-distillation control, which should not improve in context). Histories are
-    made in ``workers`` processes; finished ones are kept in a work folder of the store, so an
-    interrupted run resumes where it stopped. ``sampler_kwargs`` go to the task sampler (the
+    made in ``workers`` processes, or on a Ray cluster (``address``: ``auto``, ``ray://host:port``;
+    ``local`` starts Ray here; the ``dist`` extra); finished ones are kept in a work folder of the
+    store, so an interrupted run resumes where it stopped. ``sampler_kwargs`` go to the task sampler (the
     package's: ``arms`` / ``horizon``, ``size``). Returns the dataset's summary."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -336,7 +343,7 @@ def make_in_context(dataset_id: str, kind: str = "ad", family: str | None = None
     if len(todo) < len(jobs):
         log.info("resuming: %d of %d tasks already made in %s", len(jobs) - len(todo), len(jobs), work)
     desc = f"{kind} data: {len(todo)} histories of {env_id}"
-    with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as pool:
+    with _pool(workers, address) as pool:
         for i, res in track(zip(todo, pool.map(_task_job, [jobs[i] for i in todo])), total=len(todo), description=desc):
             tmp = work / f".task_{i:05d}.tmp"
             tmp.write_bytes(pickle.dumps(res))
@@ -358,6 +365,34 @@ def make_in_context(dataset_id: str, kind: str = "ad", family: str | None = None
     lengths = [len(e["rewards"]) for e in eps]
     return dict(id=dataset_id, kind=kind, env_id=env_id, tasks=len(train), heldout=len(held), episodes=len(eps),
                 steps=int(sum(lengths)), mean_return=float(np.mean([e["rewards"].sum() for e in eps])))
+
+
+def _pool(workers: int, address: str | None):
+    """Where histories are made: a Ray pool (``address``), worker processes, or this one."""
+    if address is not None:
+        try:
+            from ray.util.multiprocessing import Pool
+        except ImportError:
+            raise ImportError("making histories on Ray needs it: pip install 'rl-seq[dist]'") from None
+        return _RayPool(Pool(ray_address=None if address == "local" else address))
+    return ProcessPoolExecutor(workers) if workers > 1 else _Serial()
+
+
+class _RayPool:
+    """Ray's ``multiprocessing.Pool`` with ``ProcessPoolExecutor``'s ordered, lazy ``map``."""
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.pool.terminate()
+        return False
+
+    def map(self, fn, items):
+        return self.pool.imap(fn, list(items))
 
 
 class _Serial:

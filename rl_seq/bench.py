@@ -363,11 +363,11 @@ def bench_in_context(out: str | Path = "bench_in_context.json", contexts=(100, 5
     contexts = (50, 200) if quick else contexts
     spaces = (gym.spaces.MultiDiscrete([9, 9]), gym.spaces.Discrete(5))
     obs, reward = np.array([[4, 4]]), np.zeros(1)
-    reps = 5 if quick else 30
+    reps = 5 if quick else 100
     results, rows = {}, []
 
     def timed_predict(agent, state):
-        return _timeit(lambda: agent.predict(obs, state, np.zeros(1, bool), rewards=reward), reps)
+        return _timeit(lambda: agent.predict(obs, state, np.zeros(1, bool), rewards=reward), reps, warmup=reps // 5)
 
     for mixer in mixers:
         lat = {}

@@ -22,7 +22,7 @@ import numpy as np
 import rl_seq
 from rl_seq.data.in_context import UCB, ThompsonSampling, learning_history, load_in_context, make_in_context
 
-ROOM = dict(tasks=64, heldout=17, episodes=150, every=3, runs=4)
+ROOM = dict(tasks=64, heldout=17, episodes=400, every=10, runs=4)
 
 
 def dataset(name: str, **kw) -> str:
@@ -41,7 +41,7 @@ def train(algo: str, ds: str, out: Path, steps: int, seed: int, mixer: str, cont
         wall = json.loads((folder / "quality.json").read_text())["train_s"]
     else:
         agent = rl_seq.make_agent(algo, dataset=ds, context=context, seed=seed, eval_every=0, eval_episodes=1,
-                                  threads=1, backbone=dict(mixer=mixer))
+                                  batch_size=32, threads=1, backbone=dict(mixer=mixer))
         t0 = time.time()
         agent.learn(dataset=ds, steps=steps, out=folder)
         wall = time.time() - t0
@@ -62,8 +62,8 @@ def first_reaching(c: np.ndarray, level: float = 0.8) -> int | None:
 
 
 def room(a) -> dict:
-    ds = dataset("rl_seq/darkroom/ad-v0", kind="ad", family="dark-room", workers=a.workers, **ROOM)
-    ed = dataset("rl_seq/darkroom/ed-v0", kind="ad", family="dark-room", workers=a.workers, expert=True, **ROOM)
+    ds = dataset("rl_seq/darkroom/ad4-v0", kind="ad", family="dark-room", workers=a.workers, **ROOM)
+    ed = dataset("rl_seq/darkroom/ed4-v0", kind="ad", family="dark-room", workers=a.workers, expert=True, **ROOM)
     dpt = dataset("rl_seq/darkroom/dpt-v0", kind="dpt", family="dark-room", workers=a.workers, steps=100,
                   **{k: v for k, v in ROOM.items() if k in ("tasks", "heldout", "runs")})
     held = load_in_context(ds).heldout_tasks
@@ -146,9 +146,9 @@ def main() -> None:
     p.add_argument("--control-mixers", nargs="*", default=["attention"], help="mixers the ED control runs with")
     p.add_argument("--dpt-mixers", nargs="*", default=[], help="mixers dpt runs with (dark-room)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=8000)
-    p.add_argument("--context", type=int, default=200, help="ad: steps per training window")
-    p.add_argument("--episodes", type=int, default=40, help="ad: in-context episodes per held-out task")
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--context", type=int, default=120, help="ad: steps per training window")
+    p.add_argument("--episodes", type=int, default=60, help="ad: in-context episodes per held-out task")
     p.add_argument("--horizon", type=int, default=500, help="bandit: pulls")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("runs/in_context"))

@@ -47,7 +47,7 @@ Every config key (--set key=value, dotted for nested keys), per algorithm family
   rl-seq datasets info hopper/medium-v0
   rl-seq datasets download D4RL/door/human-v2
   rl-seq datasets make Pendulum-v1 --name test/pendulum --expert-steps 60000
-  rl-seq datasets in-context dark-room --name rl_seq/darkroom/ad4-v0 --tasks 64 --heldout 17 --episodes 400 --every 10 --runs 4
+  rl-seq datasets in-context dark-room --name rl_seq/darkroom/ad4-v0 --tasks 64 --episodes 400 --every 10 --runs 4
   rl-seq datasets in-context bandit --kind dpt --name rl_seq/bandit/dpt-v0 --steps 500 --workers 2
   rl-seq datasets in-context --env mymod:Corridor-v0 --sampler mymod:tasks --name me/corridor/ad-v0""",
     "plot": """examples:

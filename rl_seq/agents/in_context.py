@@ -152,6 +152,7 @@ class InContextAgent(Agent):
     algo = "ad"
     config_class = InContextConfig
     in_context = True
+    data_parallel = False  # not tried under torchrun yet
     kind = "ad"
 
     def _build(self) -> nn.Module:
@@ -189,6 +190,13 @@ class InContextAgent(Agent):
                             f"{type(data).__name__}")
         if env is not None:
             raise ValueError(f"{self.algo} evaluates on its dataset's held-out tasks; drop --env")
+        from rl_seq.distributed import world
+
+        if world()[1] > 1:
+            from rl_seq.agents import algos_that
+
+            raise ValueError(f"{self.algo} trains in one process; torchrun/DDP is for {algos_that('data_parallel')} "
+                             "(run many runs at once with `rl-seq sweep`)")
         steps = self.config.steps if steps is None else steps
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")

@@ -291,6 +291,9 @@ def test_bad_inputs(store, capsys):
         (["datasets", "in-context", "bandit", "--name", "x/y/z-v0", "--family-kwargs", "[3]"], "JSON object"),
         (["train", "ad", "--dataset", "rl_seq/pointgoal/medium-v0", "--steps", "2"], "no in-context metadata"),
         (["train", "ad", "--dataset", "t/room/ad-v0", "--set", "context=0"], "context must be >= 1"),
+        (["train", "ad", "--dataset", "t/room/ad-v0", "--env", "rl_seq/DarkRoom-v0"], "drop --env"),
+        (["datasets", "in-context", "dark-room", "--name", "x/y/z-v0", "--runs", "0"], "runs must be >= 1"),
+        (["datasets", "in-context", "bandit", "--kind", "dpt", "--expert", "--name", "x/y/z-v0"], "drop it for dpt"),
     ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err

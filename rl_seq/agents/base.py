@@ -196,8 +196,6 @@ class Agent:
         checkpoint. ``options`` go to the algorithm (``odt``: ``online_steps``). Returns
         ``last``/``best`` evaluations (dicts), ``step``, ``train``
         (the last logged metrics), ``data`` (the dataset's summary) and ``run``."""
-        from rl_seq.data import load_episodes
-
         if self.online:
             env = env if env is not None else source
             if dataset is not None:
@@ -209,19 +207,7 @@ class Agent:
                 raise TypeError(f"{self.algo} trains online: pass a Gymnasium env id, not {type(env).__name__}")
             data = None
         else:
-            dataset = dataset if dataset is not None else source
-            if dataset is None:
-                raise ValueError(f"{self.algo} trains offline: pass a dataset (a Minari id or Episodes)")
-            data = dataset if isinstance(dataset, Episodes) else load_episodes(dataset)
-            if env is not None:
-                with gym.make(env) as e:
-                    data.check_spaces(e.observation_space, e.action_space)
-            elif data.env_id and self.config.eval_episodes > 0:  # found now, not at the first evaluation
-                try:
-                    gym.make(data.env_id, **(data.env_kwargs or {})).close()
-                except (gym.error.Error, ImportError, ModuleNotFoundError) as e:
-                    raise ValueError(f"cannot make {data.dataset_id}'s evaluation env {data.env_id!r}: {e}; install "
-                                     "what it needs, or train without evaluations (--set eval_episodes=0)") from None
+            data = self.offline_data(dataset if dataset is not None else source, env)
         if world()[1] > 1 and not self.data_parallel:  # checked before the process group is joined
             from rl_seq.agents import algos_that
 
@@ -231,6 +217,23 @@ class Agent:
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         return engine.train(self, steps, data, env, out, resume, **options)
+
+    def offline_data(self, dataset: Any, env: str | None) -> Episodes:
+        """``learn``'s dataset (an id or the data :meth:`load_data` gives), loaded and checked
+        against ``env`` (the evaluation env, when given) or its own env."""
+        if dataset is None:
+            raise ValueError(f"{self.algo} trains offline: pass a dataset (a Minari id or Episodes)")
+        data = self.load_data(dataset) if isinstance(dataset, str) else dataset
+        if env is not None:
+            with gym.make(env) as e:
+                data.check_spaces(e.observation_space, e.action_space)
+        elif data.env_id and self.config.eval_episodes > 0:  # found now, not at the first evaluation
+            try:
+                gym.make(data.env_id, **(data.env_kwargs or {})).close()
+            except (gym.error.Error, ImportError, ModuleNotFoundError) as e:
+                raise ValueError(f"cannot make {data.dataset_id}'s evaluation env {data.env_id!r}: {e}; install "
+                                 "what it needs, or train without evaluations (--set eval_episodes=0)") from None
+        return data
 
     def _data_info(self, episodes: Episodes, env: str | None) -> dict:
         """An offline run's ``Plan.info``: its dataset, eval env and the data's summary row."""

@@ -174,33 +174,18 @@ class InContextAgent(Agent):
             q = data.query.reshape(len(data.query), -1).astype(np.float64)
             self.model.query.set_normalization(q.mean(0), np.maximum(q.std(0), 1e-6))
 
-    def learn(self, source=None, steps: int | None = None, *, dataset=None, env=None, out=None, resume=False,
-              **options) -> dict:
-        """As :meth:`Agent.learn`; ``dataset`` is an in-context dataset's id (or
-        :class:`InContextData`)."""
-        from rl_seq import engine
-
-        data = dataset if dataset is not None else source
-        if data is None:
+    def offline_data(self, dataset, env: str | None) -> InContextData:
+        """``learn``'s dataset: an in-context dataset's id or :class:`InContextData`; evaluation
+        runs its held-out tasks, so no ``env``."""
+        if dataset is None:
             raise ValueError(f"{self.algo} trains offline: pass an in-context dataset (rl-seq datasets in-context ...)")
-        if isinstance(data, str):
-            data = load_in_context(data)
+        data = self.load_data(dataset) if isinstance(dataset, str) else dataset
         if not isinstance(data, InContextData):
             raise TypeError(f"{self.algo} trains on an in-context dataset (an id or InContextData), not "
                             f"{type(data).__name__}")
         if env is not None:
             raise ValueError(f"{self.algo} evaluates on its dataset's held-out tasks; drop --env")
-        from rl_seq.distributed import world
-
-        if world()[1] > 1:
-            from rl_seq.agents import algos_that
-
-            raise ValueError(f"{self.algo} trains in one process; torchrun/DDP is for {algos_that('data_parallel')} "
-                             "(run many runs at once with `rl-seq sweep`)")
-        steps = self.config.steps if steps is None else steps
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
-        return engine.train(self, steps, data, None, out, resume, **options)
+        return data
 
     # -- training (the engine's protocol) -----------------------------------------------------
     def prepare(self, steps: int, data: InContextData, env: str | None) -> Plan:

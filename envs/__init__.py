@@ -16,6 +16,7 @@ ENVS: dict[str, dict] = {
     "rl_seq/Bandit-v0": dict(entry_point="rl_seq.envs.in_context:BanditEnv"),
     "rl_seq/DarkRoom-v0": dict(entry_point="rl_seq.envs.in_context:DarkRoomEnv"),
     "rl_seq/DarkKeyToDoor-v0": dict(entry_point="rl_seq.envs.in_context:DarkKeyToDoorEnv"),
+    "rl_seq/MiniGrid-v0": dict(entry_point="rl_seq.envs.minigrid:MiniGridEnv"),
 }
 
 

@@ -47,6 +47,7 @@ Every config key (--set key=value, dotted for nested keys), per algorithm family
   rl-seq datasets info hopper/medium-v0
   rl-seq datasets download D4RL/door/human-v2
   rl-seq datasets make Pendulum-v1 --name test/pendulum --expert-steps 60000
+  rl-seq datasets minigrid BabyAI-GoToRedBallGrey-v0 --episodes 1000
   rl-seq datasets in-context dark-room --name rl_seq/darkroom/ad4-v0 --tasks 64 --episodes 400 --every 10 --runs 4
   rl-seq datasets in-context bandit --kind dpt --name rl_seq/bandit/dpt-v0 --steps 500 --workers 2
   rl-seq datasets in-context --env mymod:Corridor-v0 --sampler mymod:tasks --name me/corridor/ad-v0""",
@@ -165,6 +166,18 @@ def _parser() -> argparse.ArgumentParser:
     dm.add_argument("--algo", choices=["ppo", "sac"], default="ppo", help="SB3 algorithm of the expert")
     dm.add_argument("--expert-kwargs", default="{}", help='JSON of SB3 constructor arguments, e.g. \'{"gamma": 0.9}\'')
     dm.add_argument("--expert-path", help="load this SB3 model as the expert instead of training one")
+
+    mg = dsub.add_parser("minigrid", help="D4RL-style levels of a BabyAI level, made with its expert bot")
+    mg.add_argument("level", help="a BabyAI level with one mission, e.g. BabyAI-GoToRedBallGrey-v0")
+    mg.add_argument("--levels", nargs="+", default=["optimal", "medium", "mixed"],
+                    help="optimal (the bot), medium (the bot with --medium-noise random actions), mixed (random "
+                    "to bot), random")
+    mg.add_argument("--episodes", type=int, default=1000, help="episodes per dataset level")
+    mg.add_argument("--medium-noise", type=float, default=0.5, help="medium: share of uniformly random actions")
+    mg.add_argument("--ref-episodes", type=int, default=100, help="episodes of the bot and of the random policy "
+                    "behind ref_max_score / ref_min_score")
+    mg.add_argument("--namespace", default="minigrid", help="datasets become NAMESPACE/LEVEL/KIND-v0")
+    mg.add_argument("--seed", type=int, default=0)
 
     ic = dsub.add_parser("in-context", help="learning histories (ad) or labelled in-context datasets (dpt) over a "
                          "task family")
@@ -346,6 +359,11 @@ def cmd_datasets(a) -> int:
                       steps_per_level=a.steps_per_level, checkpoints=a.checkpoints,
                       medium_fraction=a.medium_fraction, n_envs=a.n_envs, seed=a.seed, algo=a.algo,
                       expert_kwargs=json.loads(a.expert_kwargs), expert_path=a.expert_path)
+    elif a.action == "minigrid":
+        from rl_seq.data.minigrid import make_minigrid_datasets
+
+        make_minigrid_datasets(a.level, levels=a.levels, episodes=a.episodes, medium_noise=a.medium_noise,
+                               ref_episodes=a.ref_episodes, seed=a.seed, namespace=a.namespace)
     elif a.action == "in-context":
         from rl_seq.data.in_context import make_in_context
 

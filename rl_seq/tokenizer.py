@@ -72,9 +72,18 @@ def is_image_space(space: gym.Space) -> bool:
     return isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and space.shape[-1] in (1, 3, 4)
 
 
+def is_grid_space(space: gym.Space) -> bool:
+    """A small uint8 image (both sides <= 16, e.g. MiniGrid's 7x7x3 view) is read as a grid of
+    symbols: each channel's value has its own embedding (a MiniGrid cell's object, colour and
+    state indices are categories, not intensities). Larger frames (84x84 Atari) go through the
+    strided CNN."""
+    return is_image_space(space) and space.dtype == np.uint8 and max(space.shape[:2]) <= 16
+
+
 class SpaceEmbedding(nn.Module):
     """Embeds values of one Gymnasium space into D. Box: (x - mean)/std then linear; image
-    Box [H,W,C]: a small CNN; Discrete: a table; MultiDiscrete: summed tables;
+    Box [H,W,C]: a small strided CNN, or for a small uint8 grid (:func:`is_grid_space`) a table
+    per channel value summed per cell, then two 3x3 convolutions; Discrete: a table; MultiDiscrete: summed tables;
     MultiBinary: linear. A Dict/Tuple space with image leaves (its other composites reach
     the tokenizer as their flat Box): the flat observation of :mod:`rl_seq.data.episodes`,
     each image leaf through its own CNN, the rest (Box parts normalised, one-hot and bit parts
@@ -83,7 +92,15 @@ class SpaceEmbedding(nn.Module):
     def __init__(self, space: gym.Space, d_model: int) -> None:
         super().__init__()
         self.space = space
-        if is_image_space(space):
+        if is_image_space(space) and is_grid_space(space):
+            H, W, C = space.shape  # each cell's values are symbols (object, colour, state): tables, then convs
+            self.cells = nn.Embedding(256 * C, 16)
+            self.register_buffer("channel_offsets", torch.arange(C) * 256)
+            self.net = nn.Sequential(
+                nn.Conv2d(16, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, 1, 1), nn.ReLU(),
+                nn.Flatten(), nn.Linear(32 * H * W, d_model))
+            self.kind = "grid"
+        elif is_image_space(space):
             H, W, C = space.shape
             self.net = nn.Sequential(
                 nn.Conv2d(C, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
@@ -146,6 +163,9 @@ class SpaceEmbedding(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x [B, T, *space.shape] -> [B, T, D]"""
         lead = x.shape[:2]
+        if self.kind == "grid":  # [.., H, W, C] values -> summed per-channel embeddings [N, 16, H, W]
+            cells = x.reshape(-1, *x.shape[2:]).long().clamp(0, 255) + self.channel_offsets
+            return self.net(self.cells(cells).sum(-2).permute(0, 3, 1, 2)).view(*lead, -1)
         if self.kind == "image":
             img = x.reshape(-1, *x.shape[2:]).float().permute(0, 3, 1, 2) / self.scale
             return self.net(img).view(*lead, -1)

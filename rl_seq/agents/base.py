@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,6 +342,9 @@ class Agent:
         return env
 
     def check_env(self, observation_space: gym.Space, action_space: gym.Space, name: str = "env") -> None:
+        """Refuses an env whose spaces differ from the agent's (a Dict's keys in any order: the
+        agent reads observations by key)."""
+        observation_space = _keys_like(observation_space, self.env_observation_space)
         for what, mine, theirs in (("observation", self.observation_space, flat_observation_space(observation_space)),
                                    ("action", self.action_space, action_space)):
             if not spaces_match(mine, theirs):
@@ -527,3 +531,10 @@ def _tree_map(fn: Callable, obs):
     if isinstance(obs, tuple | list):
         return tuple(_tree_map(fn, v) for v in obs)
     return fn(obs)
+
+
+def _keys_like(space: gym.Space, like: gym.Space) -> gym.Space:
+    """``space`` with its Dict keys (nested too) in ``like``'s order where both have the same keys."""
+    if isinstance(space, gym.spaces.Dict) and isinstance(like, gym.spaces.Dict) and set(space) == set(like):
+        return gym.spaces.Dict(OrderedDict((k, _keys_like(space[k], like[k])) for k in like))
+    return space

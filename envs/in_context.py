@@ -105,6 +105,11 @@ class DarkRoomEnv(gym.Env):
         r = float((self.pos == self.goal).all())
         return self.pos.copy(), r, False, self.t >= self.horizon, {}
 
+    def set_state(self, obs) -> np.ndarray:
+        """Put the agent on cell ``obs`` (DPT data's uniform roll-in); returns the observation."""
+        self.pos = np.clip(np.asarray(obs, np.int64), 0, self.size - 1)
+        return self.pos.copy()
+
     def optimal_return(self) -> float:
         """Walk straight to the goal (d steps, rewarded on arrival) and stay."""
         d = int(np.abs(self.goal - self.start).sum())
@@ -127,6 +132,8 @@ class DarkKeyToDoorEnv(DarkRoomEnv):
             raise ValueError(f"key must be two cell coordinates in [0, {size}), got {key}")
         self.key, self.door = np.asarray(key, np.int64), self.goal
         self.has_key = False
+
+    set_state = None  # whether the agent holds the key is not in the observation: no uniform roll-in
 
     def reset(self, *, seed=None, options=None):
         obs, _ = super().reset(seed=seed)

@@ -20,7 +20,14 @@ import gymnasium as gym
 import numpy as np
 
 import rl_seq
-from rl_seq.data.in_context import UCB, ThompsonSampling, learning_history, load_in_context, make_in_context
+from rl_seq.data.in_context import (
+    UCB,
+    ThompsonSampling,
+    bandit_behaviour,
+    learning_history,
+    load_in_context,
+    make_in_context,
+)
 
 ROOM = dict(tasks=64, heldout=17, episodes=400, every=10, runs=4)
 
@@ -98,7 +105,7 @@ def room(a) -> dict:
 
 def bandit(a) -> dict:
     H = a.horizon
-    ds = dataset(f"rl_seq/bandit/dpt-H{H}-v0", kind="dpt", family="bandit", tasks=1000, heldout=100, steps=H,
+    ds = dataset(f"rl_seq/bandit/dpt-H{H}-v1", kind="dpt", family="bandit", tasks=1000, heldout=100, steps=H,
                  sampler_kwargs=dict(horizon=H), workers=a.workers)
     held = load_in_context(ds).heldout_tasks
 
@@ -116,7 +123,7 @@ def bandit(a) -> dict:
     ts = np.asarray([source(ThompsonSampling, t, 30_000 + i) for i, t in enumerate(held)])
     ucb = np.asarray([source(UCB, t, 30_000 + i) for i, t in enumerate(held)])
     rng = np.random.default_rng(0)
-    behaviour = float(np.mean([H * (max(t["means"]) - rng.dirichlet(np.ones(len(t["means"]))) @ t["means"])
+    behaviour = float(np.mean([H * (max(t["means"]) - bandit_behaviour(rng, len(t["means"])) @ t["means"])
                                for t in held for _ in range(20)]))
     out = dict(thompson=ts.mean(0).tolist(), ucb=ucb.mean(0).tolist(), behaviour=behaviour, runs={})
     finals = []
@@ -135,7 +142,7 @@ def bandit(a) -> dict:
                      len(v)])
     rows += [["thompson sampling", f"{ts[:, -1].mean():.2f}", "1.00", len(held)],
              ["ucb1", f"{ucb[:, -1].mean():.2f}", f"{ucb[:, -1].mean() / ts[:, -1].mean():.2f}", len(held)],
-             ["data's behaviour (Dirichlet)", f"{behaviour:.2f}", f"{behaviour / ts[:, -1].mean():.2f}", "-"]]
+             ["data's behaviour (bandit_behaviour)", f"{behaviour:.2f}", f"{behaviour / ts[:, -1].mean():.2f}", "-"]]
     return dict(out, rows=rows, header=["agent", f"cumulative regret at H={H}", "/ thompson", "seeds (tasks)"])
 
 

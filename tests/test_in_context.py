@@ -14,6 +14,8 @@ from rl_seq.agents import load_agent, make_agent
 from rl_seq.data.in_context import (
     QLearning,
     ThompsonSampling,
+    bandit_behaviour,
+    in_context_dataset,
     load_in_context,
     make_in_context,
     split_tasks,
@@ -236,6 +238,35 @@ def test_dpt_on_bandits_predicts_the_best_arm(store):
     assert regret.shape == (20, 40)
     uniform = sum(40 * (max(t["means"]) - np.mean(t["means"])) for t in d.heldout_tasks)
     assert regret[:, -1].sum() < 0.9 * uniform, f"seed {seed}: {regret[:, -1].sum() / uniform:.2f} of uniform"
+
+
+def test_dpt_data_behaviours():
+    """Bandits: Dirichlet mixed with a point mass (some datasets all on one arm, as an agent's
+    own history gets); Dark Room: uniform roll-in (each transition from a uniformly drawn cell,
+    the whole room covered); Key-to-Door keeps episodes from the start (its state is more than
+    the observation)."""
+    rng = np.random.default_rng(0)
+    probs = np.stack([bandit_behaviour(rng, 5) for _ in range(500)])
+    np.testing.assert_allclose(probs.sum(1), 1.0)
+    assert (probs.max(1) > 0.999).mean() > 0.05 and (probs.max(1) < 0.6).mean() > 0.2
+    room = in_context_dataset("rl_seq/DarkRoom-v0", dict(size=9, goal=[0, 0]), 400, 0, 10)
+    obs = np.concatenate([e["observations"][:-1] for e in room["episodes"]])
+    acts = np.concatenate([e["actions"] for e in room["episodes"]])
+    assert room["rollin"] == "uniform states" and len({tuple(o) for o in obs}) > 70
+    jumps = np.abs(np.diff(obs, axis=0)).sum(1)[acts[:-1] != 0]
+    assert (jumps > 1).mean() > 0.5  # consecutive transitions are not a walk
+    rewarded = [e["observations"][t] for e in room["episodes"] for t in np.flatnonzero(e["rewards"])]
+    env = gym.make("rl_seq/DarkRoom-v0", size=9, goal=[0, 0])
+    env.reset(seed=0)  # a reward is the step from its recorded cell onto the goal
+    for e in room["episodes"]:
+        for t in np.flatnonzero(e["rewards"]):
+            env.unwrapped.set_state(e["observations"][t])
+            assert env.step(int(e["actions"][t]))[1] == 1.0
+    assert rewarded
+    kd = in_context_dataset("rl_seq/DarkKeyToDoor-v0", dict(size=9, key=[0, 0], door=[3, 3]), 100, 0, 10)
+    first = kd["episodes"][0]["observations"]
+    assert kd["rollin"] == "episodes from the env's reset" and (first[0] == 4).all()
+    assert (np.abs(np.diff(first, axis=0)).sum(1) <= 1).all()
 
 
 def test_a_family_brought_by_the_user(store):

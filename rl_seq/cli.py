@@ -173,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="optimal (the bot), medium (the bot with --medium-noise random actions), mixed (random "
                     "to bot), random")
     mg.add_argument("--episodes", type=int, default=1000, help="episodes per dataset level")
-    mg.add_argument("--medium-noise", type=float, default=0.5, help="medium: share of uniformly random actions")
+    mg.add_argument("--medium-noise", type=float, default=0.85, help="medium: share of uniformly random actions")
     mg.add_argument("--ref-episodes", type=int, default=100, help="episodes of the bot and of the random policy "
                     "behind ref_max_score / ref_min_score")
     mg.add_argument("--namespace", default="minigrid", help="datasets become NAMESPACE/LEVEL/KIND-v0")

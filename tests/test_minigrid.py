@@ -146,3 +146,34 @@ def test_dt_trains_on_a_made_dataset_and_acts_on_the_level(store, tmp_path):
     a2, _ = again.predict(obs, None, np.ones(1, bool), deterministic=True)
     a1, _ = agent.predict(obs, None, np.ones(1, bool), deterministic=True)
     np.testing.assert_array_equal(a1, a2)
+
+
+def test_odt_is_categorical_on_discrete_actions_offline_then_online(store, tmp_path):
+    """odt's categorical policy: its likelihood is the logits' cross-entropy, its entropy the
+    exact one, β = 0.2 log n; it trains offline, collects online trajectories and reloads."""
+    import torch.nn.functional as F
+
+    import rl_seq
+
+    make_minigrid_datasets(LEVEL, levels=("mixed",), episodes=10, ref_episodes=3)
+    ds = "minigrid/BabyAI-GoToRedBallNoDists/mixed-v0"
+    agent = rl_seq.make_agent("odt", dataset=ds, context=5, batch_size=4, eval_every=0, eval_episodes=1,
+                              warmup_steps=1, threads=1, updates_per_trajectory=2,
+                              backbone=dict(d_model=32, n_layers=1, n_heads=2))
+    agent.learn(dataset=ds, steps=3, online_steps=70, out=tmp_path / "run")
+    assert agent.model.discrete and agent.target_entropy == pytest.approx(0.2 * np.log(7))
+    h = torch.randn(2, 3, 32)
+    act = torch.tensor([[0, 3, 6], [1, 1, 2]])
+    real = torch.tensor([[True, True, False], [True, True, True]])
+    log_lik, entropy = agent.policy_terms(h, act, real)
+    logits = agent.model.head.net(h)
+    ce = F.cross_entropy(logits.transpose(1, 2), act, reduction="none")
+    p = logits.softmax(-1)
+    ent = -(p * p.log()).sum(-1)
+    torch.testing.assert_close(log_lik, -ce[real].mean())
+    torch.testing.assert_close(entropy, ent[real].mean())
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert any("episode_return" in line for line in lines)  # online trajectories were collected in the level
+    again = rl_seq.load_agent(tmp_path / "run")
+    obs, _ = gym.make("rl_seq/MiniGrid-v0", level=LEVEL).reset(seed=0)
+    np.testing.assert_array_equal(again.predict(obs, deterministic=True)[0], agent.predict(obs, deterministic=True)[0])

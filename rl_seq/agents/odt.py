@@ -2,8 +2,9 @@
 the paper: offline pretraining on a dataset, then online fine-tuning in its env, for any
 return-conditioned backbone (``--backbone s4d`` gives Decision-S4's online phase).
 
-The policy is stochastic: a Gaussian over actions, squashed onto the action bounds
-(:class:`~rl_seq.nets.SquashedGaussianHead`). Both phases minimise the negative
+The policy is stochastic: a Gaussian over Box actions, squashed onto the action bounds
+(:class:`~rl_seq.nets.SquashedGaussianHead`), or a categorical over Discrete ones (its
+logits: the same head dt has). Both phases minimise the negative
 log-likelihood of the trajectories' actions minus an entropy bonus,
 
     loss(θ) = E[-log π_θ(a_t | R_≤t, s_≤t, a_<t)] - λ · H[π_θ],
@@ -11,7 +12,11 @@ log-likelihood of the trajectories' actions minus an entropy bonus,
 with the temperature λ a dual variable learnt so that the policy's entropy stays near a
 target β (the paper's constraint H[π_θ] ≥ β; the update is SAC's: λ grows while H < β):
 ``loss(λ) = λ · (H - β)`` with H detached. The squashed Gaussian's entropy has no closed form:
-it is estimated as ``-log π(ã)`` of one reparameterised sample ã per step.
+it is estimated as ``-log π(ã)`` of one reparameterised sample ã per step; a categorical's is
+exact. β defaults to -dim(A) for Box actions (SAC's choice, which the paper adopts) and to
+0.2 · log n for n Discrete actions (chosen, not from the paper, which has no discrete tasks: a
+floor at a fifth of the uniform policy's entropy, so a nearly deterministic demonstrator's
+policy keeps some exploration online; untuned).
 
 Online, a replay buffer of whole trajectories starts with the best offline trajectories by
 return and takes each new online trajectory, dropping the oldest. Its returns-to-go are
@@ -72,7 +77,8 @@ class ODTConfig(DecisionConfig):
     temperature_lr: float = 1e-4
     """Adam learning rate of log λ."""
     target_entropy: float | None = None
-    """β; None = -dim(A), SAC's choice, which the paper adopts."""
+    """β; None = -dim(A) for Box actions (SAC's choice, which the paper adopts), 0.2 · log n
+    for n Discrete actions (chosen; module docstring)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -147,14 +153,28 @@ class ODTAgent(DecisionAgent):
     progress_metrics = ("loss", "entropy", "temperature", "episode_return")
 
     def _build(self) -> nn.Module:
-        if not isinstance(self.action_space, gym.spaces.Box):
-            raise TypeError(f"odt's policy is a squashed Gaussian over Box actions; got {self.action_space}")
+        if not isinstance(self.action_space, gym.spaces.Box | gym.spaces.Discrete):
+            raise TypeError(f"odt's policy is a squashed Gaussian over Box actions or a categorical over Discrete "
+                            f"ones; got {self.action_space}")
         return super()._build()
+
+    def policy_terms(self, h: Tensor, act: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
+        """The mean log-likelihood of the actions and the policy's mean entropy over the real steps."""
+        n = real.float().sum()
+        if self.model.discrete:
+            dist = torch.distributions.Categorical(logits=self.model.head.net(h))
+            log_lik, entropy = dist.log_prob(act.long()), dist.entropy()
+        else:
+            log_lik = self.model.head.log_prob(h, act.float())
+            dist = self.model.head.dist(h)
+            entropy = -dist.log_prob(dist.rsample())  # one reparameterised sample
+        return torch.where(real, log_lik, 0).sum() / n, torch.where(real, entropy, 0).sum() / n
 
     def init_from(self, offline: DecisionAgent) -> None:
         """Start from a trained ``dt``/``dc``/``ds4``/``lram`` agent of the same architecture:
         its weights, data statistics and targets; its deterministic head becomes the Gaussian's
-        mean (the log-std keeps its initialisation)."""
+        mean (the log-std keeps its initialisation), or with Discrete actions its logits are
+        the categorical's."""
         if not isinstance(offline, DecisionAgent):
             raise ValueError(f"--init takes a return-conditioned run (dt, dc, ds4, lram), not {offline.algo}")
         self.check_env(offline.observation_space, offline.action_space, "the --init agent")
@@ -162,7 +182,7 @@ class ODTAgent(DecisionAgent):
         mine = self.model.state_dict()
         d = int(np.prod(self.action_space.shape))
         for k, v in theirs.items():
-            if k in ("head.net.weight", "head.net.bias"):
+            if k in ("head.net.weight", "head.net.bias") and not self.model.discrete:
                 mine[k][:d] = v
             elif k not in mine or mine[k].shape != v.shape:
                 raise ValueError(f"the --init agent's {k} does not fit this odt ({tuple(v.shape)} vs "
@@ -179,8 +199,12 @@ class ODTAgent(DecisionAgent):
         self.setup_from_data(dataset)
         info = self._data_info(dataset, env)
         self.offline_steps, self.offline_data = steps, dataset
-        dims = float(np.prod(self.action_space.shape))
-        self.target_entropy = -dims if cfg.target_entropy is None else cfg.target_entropy
+        if cfg.target_entropy is not None:
+            self.target_entropy = cfg.target_entropy
+        elif self.model.discrete:
+            self.target_entropy = 0.2 * math.log(int(self.action_space.n))
+        else:
+            self.target_entropy = -float(np.prod(self.action_space.shape))
         best = float(dataset.episode_returns().max())
         self.explore_target = best + (cfg.online_target_scale - 1) * abs(best)  # = scale x best when best > 0
         self.sampler = SegmentSampler(dataset, cfg.train_segment, seed=cfg.seed, short_episodes=cfg.short_episodes,
@@ -221,10 +245,7 @@ class ODTAgent(DecisionAgent):
     def loss(self, model: Callable, b: dict) -> tuple[Tensor, dict]:
         """The policy's objective plus the temperature's (each holds the other's term fixed)."""
         h = model(b["fields"], b["episode_start"]).float()
-        real, n = b["mask"] > 0, b["mask"].float().sum()
-        log_lik = torch.where(real, self.model.head.log_prob(h, b["act"].float()), 0).sum() / n
-        dist = self.model.head.dist(h)
-        entropy = -torch.where(real, dist.log_prob(dist.rsample()), 0).sum() / n  # one reparameterised sample
+        log_lik, entropy = self.policy_terms(h, b["act"], b["mask"] > 0)
         loss = policy_loss(log_lik, entropy, self.temperature.value)
         t_loss = temperature_loss(self.temperature.value, entropy, self.target_entropy)
         return loss + t_loss, dict(loss=loss.detach(), nll=-log_lik.detach(), entropy=entropy.detach(),

@@ -5,8 +5,11 @@
 
 - ``optimal``: the bot's actions (Minari's remote id for the same bot on the same level; ours
   drop the level's constant mission text, see :mod:`rl_seq.envs.minigrid`);
-- ``medium``: the bot with a share ``medium_noise`` (default 0.5) of uniformly random actions,
-  drawn per step; the bot replans from wherever the random actions took the agent;
+- ``medium``: the bot with a share ``medium_noise`` (default 0.85) of uniformly random actions,
+  drawn per step; the bot replans from wherever the random actions took the agent. The bot
+  recovers from random actions well, so the share must be high for a medium level: 0.85 gives
+  0.43 (GoToRedBallGrey) and 0.61 (UnlockLocal) of the way from random to the bot, 0.5 gave
+  0.87 and 0.97 (100 episodes each);
 - ``mixed``: equal parts of episodes at random-action shares 1, 0.75, 0.5, 0.25 and 0, in that
   order (a replay of a learner that goes from random to the bot, like D4RL's medium-replay);
 - ``random``: uniformly random actions.
@@ -28,6 +31,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 LEVELS = ("optimal", "medium", "mixed", "random")
 MIXED_SHARES = (1.0, 0.75, 0.5, 0.25, 0.0)
+MEDIUM_NOISE = 0.85
 _OFFSET = dict(optimal=0, medium=1_000_000, mixed=2_000_000, random=3_000_000, ref=4_000_000)
 
 
@@ -72,7 +76,7 @@ def bot_episode(env: gym.Env, seed: int, noise: float) -> dict:
                 terminations=np.asarray(terms), truncations=np.asarray(truncs))
 
 
-def level_episodes(level: str, kind: str, episodes: int, seed: int, medium_noise: float = 0.5) -> list[dict]:
+def level_episodes(level: str, kind: str, episodes: int, seed: int, medium_noise: float = MEDIUM_NOISE) -> list[dict]:
     """The ``episodes`` episodes of one dataset level (module docstring)."""
     if kind not in (*LEVELS, "ref"):
         raise ValueError(f"unknown dataset level {kind!r}; choose from {', '.join(LEVELS)}")
@@ -91,7 +95,7 @@ def level_episodes(level: str, kind: str, episodes: int, seed: int, medium_noise
 
 
 def make_minigrid_datasets(level: str, levels=("optimal", "medium", "mixed"), episodes: int = 1000,
-                           medium_noise: float = 0.5, ref_episodes: int = 100, seed: int = 0,
+                           medium_noise: float = MEDIUM_NOISE, ref_episodes: int = 100, seed: int = 0,
                            namespace: str = "minigrid") -> dict:
     """Make the dataset levels of one BabyAI level; returns and prints ``{kind: summary}``."""
     bad = [k for k in levels if k not in LEVELS]
@@ -135,7 +139,7 @@ def make_minigrid_datasets(level: str, levels=("optimal", "medium", "mixed"), ep
                          mean_return=ret, normalized_score=(ret - ref_min) / max(ref_max - ref_min, 1e-8))
     from rl_seq.plot import print_table
 
-    print_table(f"{level}: random {ref_min:.3f}, bot {ref_max:.3f} (ref scores)",
-                ["id", "episodes", "steps", "mean return", "normalised"],
-                [[v["id"], v["episodes"], v["steps"], v["mean_return"], v["normalized_score"]] for v in out.values()])
+    print_table(f"{dataset_id(level, 'KIND', namespace)}: random {ref_min:.3f}, bot {ref_max:.3f} (ref scores)",
+                ["KIND", "episodes", "steps", "mean return", "normalised"],
+                [[k, v["episodes"], v["steps"], v["mean_return"], v["normalized_score"]] for k, v in out.items()])
     return out

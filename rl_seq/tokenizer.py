@@ -37,17 +37,24 @@ FIELDS = ("obs", "act", "rtg", "rew", "prev_act", "prev_rew", "act_dims")
 
 class ActionDiscretiser(nn.Module):
     """Uniform bins per dimension of a bounded Box: ``n_bins`` equal cells between low and
-    high; decode returns cell centres, so encode(decode(i)) == i exactly."""
+    high; decode returns cell centres, so encode(decode(i)) == i exactly. A Discrete(n) space
+    is one dimension whose bins are its actions (``n_bins`` is then n, whatever was asked):
+    bin i is action ``start + i``."""
 
-    def __init__(self, space: gym.spaces.Box, n_bins: int = 256) -> None:
+    def __init__(self, space: gym.spaces.Box | gym.spaces.Discrete, n_bins: int = 256) -> None:
         super().__init__()
-        if not isinstance(space, gym.spaces.Box) or not space.is_bounded("both"):
-            raise ValueError(f"action discretisation needs a bounded Box space, got {space}")
+        self.discrete = isinstance(space, gym.spaces.Discrete)
+        if self.discrete:
+            n_bins, low, high = int(space.n), [int(space.start)], [int(space.start) + int(space.n)]
+        elif isinstance(space, gym.spaces.Box) and space.is_bounded("both"):
+            low, high = space.low, space.high
+        else:
+            raise ValueError(f"action discretisation needs a bounded Box or a Discrete space, got {space}")
         if n_bins < 2:
             raise ValueError(f"n_bins must be >= 2, got {n_bins}")
         self.n_bins = n_bins
-        self.register_buffer("low", torch.as_tensor(space.low, dtype=torch.float32).flatten())
-        self.register_buffer("high", torch.as_tensor(space.high, dtype=torch.float32).flatten())
+        self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32).flatten())
+        self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32).flatten())
 
     @property
     def dims(self) -> int:
@@ -56,16 +63,18 @@ class ActionDiscretiser(nn.Module):
     def encode(self, a: Tensor) -> Tensor:
         """a [..., d] float -> long [..., d] in [0, n_bins)."""
         u = (a - self.low) / (self.high - self.low)
-        return (u * self.n_bins).floor().long().clamp(0, self.n_bins - 1)
+        return (u * self.n_bins + (0.5 if self.discrete else 0.0)).floor().long().clamp(0, self.n_bins - 1)
 
     def decode(self, idx: Tensor) -> Tensor:
-        """long [..., d] -> float [..., d] (bin centres)."""
-        return self.low + (idx.float() + 0.5) * (self.high - self.low) / self.n_bins
+        """long [..., d] -> float [..., d] (bin centres; Discrete: the actions)."""
+        offset = 0.0 if self.discrete else 0.5
+        return self.low + (idx.float() + offset) * (self.high - self.low) / self.n_bins
 
     def centres(self, dim: int) -> Tensor:
         """The bin centres of dimension ``dim``, [n_bins] (``decode`` of every bin)."""
         idx = torch.arange(self.n_bins, device=self.low.device).float()
-        return self.low[dim] + (idx + 0.5) * (self.high[dim] - self.low[dim]) / self.n_bins
+        offset = 0.0 if self.discrete else 0.5
+        return self.low[dim] + (idx + offset) * (self.high[dim] - self.low[dim]) / self.n_bins
 
 
 def is_image_space(space: gym.Space) -> bool:
@@ -211,7 +220,7 @@ class TrajectoryTokenizer(nn.Module):
             self.discretiser = ActionDiscretiser(action_space, n_bins)
             d = self.discretiser.dims
             slots = slots[:-1] + [(f"act_dim{i}",) for i in range(d)]
-            self.bin_embed = nn.Embedding(n_bins, d_model)
+            self.bin_embed = nn.Embedding(self.discretiser.n_bins, d_model)
             self.dim_embed = nn.Embedding(d, d_model)
         self.slots: list[tuple[str, ...]] = slots
         self.k = len(slots)

@@ -128,11 +128,12 @@ def test_small_uint8_images_are_read_as_symbol_grids_and_frames_through_the_stri
     torch.testing.assert_close(ex[0], ref)
 
 
-def test_dt_trains_on_a_made_dataset_and_acts_on_the_level(store, tmp_path):
+@pytest.mark.parametrize("algo", ["dt", "qt"])
+def test_offline_agents_train_on_a_made_dataset_and_act_on_the_level(store, tmp_path, algo):
     import rl_seq
 
     make_minigrid_datasets(LEVEL, levels=("mixed",), episodes=10, ref_episodes=3)
-    agent = rl_seq.make_agent("dt", dataset="minigrid/BabyAI-GoToRedBallNoDists/mixed-v0", context=5,
+    agent = rl_seq.make_agent(algo, dataset="minigrid/BabyAI-GoToRedBallNoDists/mixed-v0", context=5,
                               batch_size=4, eval_every=0, eval_episodes=1, warmup_steps=1, threads=1,
                               backbone=dict(d_model=32, n_layers=1, n_heads=2))
     agent.learn(dataset="minigrid/BabyAI-GoToRedBallNoDists/mixed-v0", steps=4, out=tmp_path / "run")

@@ -119,9 +119,34 @@ def test_qt_learns_point_goal_and_round_trips(tmp_path):
     assert np.array_equal(a1, a2)
 
 
-def test_qt_refuses_discrete_actions():
-    with pytest.raises(TypeError, match="discretises Box actions"):
-        rl_seq.make_agent("qt", (gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(3)))
+def test_qt_on_discrete_actions_is_one_q_over_the_actions():
+    """A Discrete space is one dimension whose bins are the actions (start included): integer
+    actions in the space, greedy = argmax of the parallel pass's Q over the actions; other
+    action spaces are refused."""
+    space = gym.spaces.Discrete(5, start=-2)
+    agent = rl_seq.make_agent("qt", (gym.spaces.Box(-1, 1, (4,)), space), **QT)
+    disc = agent.model.backbone.tokenizer.discretiser
+    assert agent.model.dims == 1 and disc.n_bins == 5 and agent.model.head.weight.shape[1] == 5
+    acts = torch.arange(-2, 3).float()[:, None]
+    assert torch.equal(disc.encode(acts)[:, 0], torch.arange(5)) and torch.equal(disc.decode(disc.encode(acts)), acts)
+    agent.model.eval()
+    T = 7
+    obs = np.random.default_rng(2).uniform(-1, 1, (T, 3, 4)).astype(np.float32)
+    taken, state, start = [], None, np.ones(3, bool)
+    for t in range(T):
+        a, state = agent.predict(obs[t], state, start)
+        assert a.dtype.kind == "i" and all(space.contains(int(x)) for x in a)
+        taken.append(a)
+        start = np.zeros(3, bool)
+    fields = dict(obs=torch.as_tensor(obs).transpose(0, 1), act=torch.as_tensor(np.stack(taken, 1)).float()[..., None],
+                  timestep=torch.arange(T).expand(3, T))
+    episode_start = torch.zeros(3, T, dtype=torch.bool)
+    episode_start[:, 0] = True
+    with torch.no_grad():
+        q, _ = agent.model(fields, episode_start)  # [3, T, 1, 5]
+    assert torch.equal(q.argmax(-1)[..., 0] - 2, torch.as_tensor(np.stack(taken, 1)))
+    with pytest.raises(TypeError, match="Box actions .* or Discrete ones"):
+        rl_seq.make_agent("qt", (gym.spaces.Box(-1, 1, (3,)), gym.spaces.MultiDiscrete([3, 2])))
 
 
 @pytest.mark.parametrize("options", [dict(heads="shared"), dict(heads="per_dim", support=0.3)])

@@ -1,5 +1,7 @@
 """Q-Transformer (Chebotar et al. 2023): offline Q-learning with one token per action
-dimension.
+dimension. A Discrete action space is one dimension whose bins are its actions: one Q over
+the actions, the rest unchanged (n-step targets, Monte-Carlo lower bound, the conservative
+regulariser on the actions the data did not take).
 
 Each action dimension is discretised into ``n_bins`` uniform bins and given its own token;
 tokens per step are ``(s_t, a_t^1 ... a_t^d)``. The Q-values of dimension i (all bins) are
@@ -133,11 +135,11 @@ class QTModel(nn.Module):
             bb = dataclasses.replace(bb, mixer_options={**bb.mixer_options, "window": (tok.discretiser.dims + 1)
                                                         * cfg.context})
         self.backbone = Backbone(tok, bb)
-        self.dims = tok.discretiser.dims
+        self.dims, bins = tok.discretiser.dims, tok.discretiser.n_bins  # Discrete(n): one dimension, n bins
         n_maps = self.dims if cfg.heads == "per_dim" else 1
-        self.head = BinHead(cfg.backbone.d_model, cfg.n_bins, n_maps)
+        self.head = BinHead(cfg.backbone.d_model, bins, n_maps)
         wants_behaviour = cfg.support > 0 or cfg.decode == "soft"
-        self.behaviour = BinHead(cfg.backbone.d_model, cfg.n_bins, n_maps, squash=False) if wants_behaviour else None
+        self.behaviour = BinHead(cfg.backbone.d_model, bins, n_maps, squash=False) if wants_behaviour else None
 
     def forward(self, fields: dict, episode_start: Tensor) -> tuple[Tensor, Tensor | None]:
         """fields [B,L,...] -> Q [B, L, d, n_bins] (dimension i read at slot i) and the
@@ -219,9 +221,15 @@ class QTAgent(Agent):
     config_class = QTConfig
 
     def _build(self) -> nn.Module:
-        if not isinstance(self.action_space, gym.spaces.Box):
-            raise TypeError(f"qt discretises Box actions; got {self.action_space} (use dt for discrete actions)")
+        if not isinstance(self.action_space, gym.spaces.Box | gym.spaces.Discrete):
+            raise TypeError(f"qt acts in Box actions (discretised per dimension) or Discrete ones (one Q over the "
+                            f"actions); got {self.action_space}")
         return QTModel(self.model_observation_space, self.action_space, self.config)
+
+    def _actions(self, act: Tensor) -> Tensor:
+        """The data's actions as [..., d] floats (a Discrete action is one dimension)."""
+        act = act.float()
+        return act[..., None] if isinstance(self.action_space, gym.spaces.Discrete) else act
 
     def setup_from_data(self, episodes: Episodes) -> None:
         super().setup_from_data(episodes)
@@ -258,7 +266,8 @@ class QTAgent(Agent):
         regulariser, plus (with a behaviour head) its cross-entropy."""
         cfg = self.config
         obs = b["obs"].float() if b["obs"].is_floating_point() else b["obs"]
-        fields = dict(obs=obs, act=b["act"].float(), timestep=b["timestep"])
+        act = self._actions(b["act"])
+        fields = dict(obs=obs, act=act, timestep=b["timestep"])
         q, logits = model(fields, b["episode_start"])
         with torch.no_grad(), precision(cfg, self.device):
             q_next, logits_next = self.target(fields, b["episode_start"])
@@ -266,7 +275,7 @@ class QTAgent(Agent):
             allowed = self.model.in_support(None if logits_next is None else logits_next.float(), cfg.support)
             y, trainable = targets(q_next.float(), b["rew"].float(), b["final"], b["terminal"], b["mask"],
                                    b["mc"].float(), cfg.gamma, cfg.n_step, cfg.mc_lower_bound, allowed)
-        bins = self.model.backbone.tokenizer.discretiser.encode(b["act"].float())
+        bins = self.model.backbone.tokenizer.discretiser.encode(act)
         td, cons = td_and_conservative(q.float(), bins, y, trainable)
         loss = td + cfg.conservative_weight * cons
         metrics = {"td": td.detach(), "conservative": cons.detach()}
@@ -310,6 +319,8 @@ class QTAgent(Agent):
                 a_tok = tok.embed_slots(dict(act=action, timestep=t), [tok.slot_index(f"act_dim{i}")])
                 h, st = self.model.backbone.step_tokens(a_tok, st)
         state.backbone, state.prev_action = st, action
+        if isinstance(self.action_space, gym.spaces.Discrete):
+            return action[:, 0].round().long().cpu().numpy(), state
         return action.reshape(n, *self.action_space.shape).cpu().numpy(), state
 
     def _decode_dim(self, h: Tensor, i: int, deterministic: bool, cfg: QTActing) -> Tensor:
@@ -327,6 +338,6 @@ class QTAgent(Agent):
         if allowed is not None:
             score = score.masked_fill(~allowed, -torch.inf)
         w = torch.softmax(score, -1)  # [n, n_bins]
-        if deterministic:
-            return w @ centres
+        if deterministic:  # the mean bin; with Discrete actions (no mean action) the most likely
+            return centres[w.argmax(-1)] if model.backbone.tokenizer.discretiser.discrete else w @ centres
         return centres[torch.multinomial(w, 1)[:, 0]]

@@ -36,7 +36,7 @@ def test_every_space_embeds(name):
 
 
 def test_composite_spaces_the_flat_rule_cannot_take_are_refused_with_a_pointer():
-    with pytest.raises(TypeError, match=r"observation\['m'\] is Text.*ImgObsWrapper"):
+    with pytest.raises(TypeError, match=r"observation\['m'\] is Text.*rl_seq/MiniGrid-v0"):
         TrajectoryTokenizer(gym.spaces.Dict(a=BOX, m=gym.spaces.Text(4)), BOX, 16)
     with pytest.raises(TypeError, match="no embedding for space Text"):
         TrajectoryTokenizer(gym.spaces.Text(4), BOX, 16)

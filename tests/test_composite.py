@@ -48,7 +48,7 @@ def test_flattening_matches_gymnasium(name):
 
 def test_bad_composite_observations_are_named():
     space = SPACES["dict"]
-    with pytest.raises(TypeError, match=r"observation\['m'\] is Text.*ImgObsWrapper"):
+    with pytest.raises(TypeError, match=r"observation\['m'\] is Text.*rl_seq/MiniGrid-v0"):
         flat_observation_space(gym.spaces.Dict(m=gym.spaces.Text(8), x=BOX))
     good = {"pos": np.zeros((2, 2, 3), np.float32), "cue": np.array([1, 3])}
     with pytest.raises(ValueError, match=r"observation\['cue'\] holds values outside"):

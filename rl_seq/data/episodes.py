@@ -299,8 +299,8 @@ def flat_observation_space(space: gym.Space) -> gym.Space:
             raise TypeError(
                 f"observation{path} is {leaf}, which has no fixed-size vector form; rl_seq flattens Dict and "
                 "Tuple observations of Box, Discrete, MultiDiscrete and MultiBinary leaves: drop or convert that "
-                "key with a wrapper first (gymnasium.wrappers.FilterObservation; for MiniGrid's mission text, "
-                "minigrid.wrappers.ImgObsWrapper)")
+                "key with a wrapper first (gymnasium.wrappers.FilterObservation; for a MiniGrid/BabyAI level, "
+                "gym.make(\"rl_seq/MiniGrid-v0\", level=ID) drops the mission text)")
     flat = gym.spaces.flatten_space(space)
     return gym.spaces.Box(flat.low.astype(np.float32), flat.high.astype(np.float32), dtype=np.float32)
 

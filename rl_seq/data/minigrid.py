@@ -8,8 +8,8 @@
 - ``medium``: the bot with a share ``medium_noise`` (default 0.85) of uniformly random actions,
   drawn per step; the bot replans from wherever the random actions took the agent. The bot
   recovers from random actions well, so the share must be high for a medium level: 0.85 gives
-  0.43 (GoToRedBallGrey) and 0.61 (UnlockLocal) of the way from random to the bot, 0.5 gave
-  0.87 and 0.97 (100 episodes each);
+  0.37 (GoToRedBallGrey) and 0.66 (UnlockLocal) of the way from random to the bot, 0.5 gave
+  0.87 and 0.97 (docs/minigrid.md);
 - ``mixed``: equal parts of episodes at random-action shares 1, 0.75, 0.5, 0.25 and 0, in that
   order (a replay of a learner that goes from random to the bot, like D4RL's medium-replay);
 - ``random``: uniformly random actions.

@@ -324,6 +324,7 @@ def test_bad_inputs(store, capsys):
         (["train", "ad", "--dataset", "t/room/ad-v0", "--set", "context=0"], "context must be >= 1"),
         (["train", "ad", "--dataset", "t/room/ad-v0", "--env", "rl_seq/DarkRoom-v0"], "drop --env"),
         (["datasets", "in-context", "dark-room", "--name", "x/y/z-v0", "--runs", "0"], "runs must be >= 1"),
+        (["datasets", "in-context", "dark-room", "--name", "x/y/z-v0", "--seed", "-1"], "seed must be >= 0"),
         (["datasets", "in-context", "bandit", "--kind", "dpt", "--expert", "--name", "x/y/z-v0"], "drop it for dpt"),
     ):
         assert main(argv) == 2, argv

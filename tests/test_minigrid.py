@@ -91,6 +91,10 @@ def test_an_interrupted_make_leaves_no_dataset(store, monkeypatch):
     (dict(level=LEVEL, ref_episodes=0), "ref_episodes must be >= 1"),
     (dict(level=LEVEL, medium_noise=1.5), "share of random actions"),
     (dict(level=LEVEL, medium_noise=-0.1), "share of random actions"),
+    (dict(level=LEVEL, seed=-1), "seed must be >= 0"),
+    (dict(level=LEVEL, namespace=""), "namespace '' must be"),
+    (dict(level=LEVEL, namespace="me/"), "namespace 'me/' must be"),
+    (dict(level=LEVEL, namespace="me//babyai"), "namespace 'me//babyai' must be"),
 ])
 def test_bad_minigrid_requests_are_refused(store, kwargs, match):
     with pytest.raises(ValueError, match=match):

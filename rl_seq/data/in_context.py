@@ -337,7 +337,7 @@ def make_in_context(dataset_id: str, kind: str = "ad", family: str | None = None
     if expert and kind != "ad":
         raise ValueError("expert (the expert-distillation control) records ad data; drop it for dpt")
     for name, v, lo in (("episodes", episodes, 1), ("every", every, 1), ("steps", steps, 1), ("runs", runs, 1),
-                        ("workers", workers, 1)):
+                        ("workers", workers, 1), ("seed", seed, 0)):
         if v < lo:
             raise ValueError(f"{name} must be >= {lo}, got {v}")
     env_id, fn, fam = resolve_family(family, env_id, sampler)

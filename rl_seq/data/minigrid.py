@@ -101,9 +101,13 @@ def make_minigrid_datasets(level: str, levels=("optimal", "medium", "mixed"), ep
     bad = [k for k in levels if k not in LEVELS]
     if bad or not levels:
         raise ValueError(f"unknown dataset level(s) {bad}; choose from {', '.join(LEVELS)}")
-    for name, v, lo in (("episodes", episodes, 1), ("ref_episodes", ref_episodes, 1)):
+    levels = list(dict.fromkeys(levels))  # each made once
+    for name, v, lo in (("episodes", episodes, 1), ("ref_episodes", ref_episodes, 1), ("seed", seed, 0)):
         if int(v) < lo:
             raise ValueError(f"{name} must be >= {lo}, got {v}")
+    if not namespace or namespace.strip("/") != namespace or "//" in namespace:
+        raise ValueError(f"namespace {namespace!r} must be one or more names joined by '/' (e.g. minigrid or "
+                         "me/babyai): datasets become NAMESPACE/LEVEL/KIND-v0")
     if not 0.0 <= medium_noise <= 1.0:
         raise ValueError(f"medium_noise is a share of random actions in [0, 1], got {medium_noise}")
     from minari.data_collector import EpisodeBuffer

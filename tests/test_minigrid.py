@@ -153,6 +153,22 @@ def test_offline_agents_train_on_a_made_dataset_and_act_on_the_level(store, tmp_
     np.testing.assert_array_equal(a1, a2)
 
 
+def test_frames_that_do_not_match_the_data_are_refused_by_name(store, tmp_path):
+    """An agent trained on 7x7 views, evaluated on a level seen through 5x5 ones: one error
+    naming both spaces and the fix, before any episode."""
+    import rl_seq
+
+    make_minigrid_datasets(LEVEL, levels=("mixed",), episodes=10, ref_episodes=3)
+    ds = "minigrid/BabyAI-GoToRedBallNoDists/mixed-v0"
+    agent = rl_seq.make_agent("dt", dataset=ds, context=5, batch_size=4, eval_every=0, eval_episodes=1,
+                              warmup_steps=1, threads=1, backbone=dict(d_model=32, n_layers=1, n_heads=2))
+    agent.learn(dataset=ds, steps=1, out=tmp_path / "run")
+    small = gym.make("rl_seq/MiniGrid-v0", level=LEVEL, agent_view_size=5)
+    with pytest.raises(ValueError, match=r"observation space .*\(5, 5, 3\).* does not match the agent's"):
+        agent.evaluate(small, episodes=1)
+    assert len(agent.evaluate(gym.make("rl_seq/MiniGrid-v0", level=LEVEL), episodes=1).returns) == 1
+
+
 def test_odt_is_categorical_on_discrete_actions_offline_then_online(store, tmp_path):
     """odt's categorical policy: its likelihood is the logits' cross-entropy, its entropy the
     exact one, β = 0.2 log n; it trains offline, collects online trajectories and reloads."""

@@ -345,11 +345,12 @@ class Agent:
         """Refuses an env whose spaces differ from the agent's (a Dict's keys in any order: the
         agent reads observations by key)."""
         observation_space = _keys_like(observation_space, self.env_observation_space)
-        for what, mine, theirs in (("observation", self.observation_space, flat_observation_space(observation_space)),
-                                   ("action", self.action_space, action_space)):
-            if not spaces_match(mine, theirs):
-                raise ValueError(f"{name}'s {what} space {theirs} does not match the agent's {mine}; "
-                                 "evaluate in the env the agent was trained for")
+        if not spaces_match(self.observation_space, flat_observation_space(observation_space)):
+            raise ValueError(f"{name}'s observation space {observation_space} does not match the agent's "
+                             f"{self.env_observation_space}; evaluate in the env the agent was trained for")
+        if not spaces_match(self.action_space, action_space):
+            raise ValueError(f"{name}'s action space {action_space} does not match the agent's {self.action_space}; "
+                             "evaluate in the env the agent was trained for")
 
     def evaluate(self, env: str | gym.Env | gym.vector.VectorEnv | None = None, episodes: int = 10,
                  seed: int = EVAL_SEED, deterministic: bool = True, acting: Any = None,

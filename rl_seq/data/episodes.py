@@ -216,11 +216,12 @@ class Episodes:
     def check_spaces(self, observation_space: gym.Space, action_space: gym.Space) -> None:
         """Raise if an env's spaces do not match the data's."""
         obs = flat_observation_space(observation_space)
-        for what, mine, theirs in (("observation", self.observation_space, obs),
-                                   ("action", self.action_space, action_space)):
-            if not spaces_match(mine, theirs):
+        for what, mine, theirs, shown in (
+                ("observation", self.observation_space, obs, (observation_space, self.env_observation_space)),
+                ("action", self.action_space, action_space, (action_space, self.action_space))):
+            if not spaces_match(mine, theirs):  # compared flat, shown as the env gives them
                 raise ValueError(
-                    f"the env's {what} space {theirs} does not match the dataset's {mine} "
+                    f"the env's {what} space {shown[0]} does not match the dataset's {shown[1]} "
                     f"({self.dataset_id}); evaluate in the env the data came from "
                     f"({self.env_id}) or pass a matching --env")
 

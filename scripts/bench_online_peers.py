@@ -14,6 +14,10 @@ extras, never a dependency of the package); rl_seq agents run ``rl-seq train AGE
 their defaults plus ``--rl-seq-set``. Each (agent, task, seed) job writes its JSON under
 ``--out`` and is skipped when the script runs again, so a stopped benchmark resumes (a stopped
 rl_seq run resumes from its checkpoint). ``--report`` only tabulates the finished jobs.
+
+A task may be a MiniGrid/BabyAI level (``MiniGrid-MemoryS7-v0``, ``MiniGrid-DoorKey-5x5-v0``):
+both sides then train on ``rl_seq/MiniGrid-v0`` with that level (the 7x7x3 view and heading;
+rl_seq embeds the view with its grid encoder, sb3-contrib's MlpLstmPolicy reads it flattened).
 """
 
 from __future__ import annotations
@@ -58,10 +62,12 @@ def run_rl_seq(agent: str, task: str, seed: int, a, out: Path) -> dict:
     from rl_seq.runs import read_metrics
 
     run = out.with_suffix("")
-    env = task if ":" in task or not task.startswith("popgym-") else f"popgym:{task}"
+    env, level = task if ":" in task or not task.startswith("popgym-") else f"popgym:{task}", []
+    if task.startswith(("MiniGrid-", "BabyAI-")):
+        env, level = "rl_seq/MiniGrid-v0", ["--set", f"env_kwargs.level={task}"]
     cmd = [sys.executable, "-m", "rl_seq", "train", agent, "--env", env, "--steps", str(a.steps), "--seed", str(seed),
            "--out", str(run), "--set", "threads=1", "--set", "eval_every=0", "--set", f"eval_episodes={a.episodes}",
-           *a.rl_seq_set]
+           *level, *a.rl_seq_set]
     if (run / "checkpoints" / "last.pt").exists():
         cmd.append("--resume")
     with open(out.with_suffix(".log"), "w") as log:

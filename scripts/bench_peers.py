@@ -68,7 +68,7 @@ def job_env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-PEERS = ("d3rlpy.dt", "d3rlpy.tacr", "d3rlpy.iql", "d3rlpy.td3bc")
+PEERS = ("d3rlpy.dt", "d3rlpy.tacr", "d3rlpy.iql", "d3rlpy.td3bc", "d3rlpy.ddt", "d3rlpy.dcql")
 
 
 def parse_agent(spec: str, steps: int) -> tuple[str, list[str], int]:
@@ -143,7 +143,15 @@ def run_rl_seq(algo: str, ds: str, seed: int, steps: int, a, out: Path, override
 
 
 def target_for(ds: str, a) -> float:
-    return a.target_return if a.target_return is not None else TARGETS[ds.split("/")[0]]
+    """``--target-return``, else d3rlpy's for the MuJoCo tasks, else the data's best episode
+    return (rl_seq's default target: MiniGrid's returns lie in [0, 1])."""
+    if a.target_return is not None:
+        return a.target_return
+    if ds.split("/")[0] in TARGETS:
+        return TARGETS[ds.split("/")[0]]
+    from rl_seq.data import load_episodes
+
+    return float(load_episodes(ds).episode_returns().max())
 
 
 def job(spec: str, ds: str, seed: int, a, py: Path | None) -> dict | None:
@@ -334,7 +342,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1000)
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--eval-every", type=int, default=1000, help="periodic evaluations (for best and the last three)")
-    p.add_argument("--target-return", type=float, default=None, help="default: 3600 hopper, 6000 halfcheetah")
+    p.add_argument("--target-return", type=float, default=None,
+                   help="default: 3600 hopper, 6000 halfcheetah, 5000 walker2d, else the data's best return")
     p.add_argument("--baseline", default="d3rlpy.dt", help="the agent the ratios divide by")
     p.add_argument("--rl-seq-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra rl_seq config overrides (each passed as --set KEY=VALUE)")

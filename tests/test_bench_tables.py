@@ -129,3 +129,60 @@ def test_bad_agents_and_overrides_stop_before_any_job(argv, tmp_path, monkeypatc
     with pytest.raises(SystemExit) as e:
         peers.main()
     assert e.value.code == 2 and "error:" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_minigrid_levels_reach_both_libraries_as_the_same_observation(tmp_path, monkeypatch):
+    """A MiniGrid task in the online benchmark trains rl_seq on ``rl_seq/MiniGrid-v0`` with that
+    level; the offline peers (d3rlpy) read a MiniGrid dataset's Dict as one vector, the view's
+    147 indices then the heading one-hot, the same for a step and a stack of steps, and evaluate
+    on the level made by minigrid itself with the same layouts for the same seeds."""
+    pytest.importorskip("minigrid")
+    import gymnasium as gym
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "peers"))
+    import d3rlpy_offline as d3
+
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        run = Path(cmd[cmd.index("--out") + 1])
+        run.mkdir(parents=True)
+        (run / "eval.json").write_text(json.dumps(dict(last=dict(mean_return=0.5))))
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setattr("rl_seq.runs.read_metrics", lambda run: [dict(kind="train", step=8, time=1.0)])
+    a = SimpleNamespace(steps=8, episodes=2, rl_seq_set=[], out=str(tmp_path), report=False)
+    bench.job("gtrxl", "MiniGrid-MemoryS7-v0", 0, a)
+    cmd = calls[0]
+    assert cmd[cmd.index("--env") + 1] == "rl_seq/MiniGrid-v0" and "env_kwargs.level=MiniGrid-MemoryS7-v0" in cmd
+
+    spec = SimpleNamespace(id="rl_seq/MiniGrid-v0", kwargs=dict(level="BabyAI-GoToRedBallNoDists-v0"))
+    raw = d3.eval_env(SimpleNamespace(spec=SimpleNamespace(env_spec=spec)), gym)
+    ours = gym.make("rl_seq/MiniGrid-v0", level="BabyAI-GoToRedBallNoDists-v0")
+    o_raw, _ = raw.reset(seed=3)
+    o_ours, _ = ours.reset(seed=3)
+    np.testing.assert_array_equal(o_raw["image"], o_ours["image"])
+    x = d3.flat(o_raw, np)
+    assert x.shape == (151,) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[:147], o_raw["image"].reshape(-1))
+    assert x[147:].tolist() == np.eye(4)[o_raw["direction"]].tolist()
+    stack = dict(image=np.stack([o_raw["image"]] * 2), direction=np.array([o_raw["direction"], 0]))
+    np.testing.assert_array_equal(d3.flat(stack, np)[0], x)
+    assert d3.flat(stack, np)[1, 147:].tolist() == [1, 0, 0, 0]
+
+
+def test_the_return_target_is_d3rlpys_for_mujoco_else_the_datas_best(store):
+    """Both libraries condition on one target: d3rlpy's for the MuJoCo tasks, else the data's
+    best episode return (MiniGrid's returns lie in [0, 1]); ``--target-return`` wins."""
+    import bench_peers as peers
+    from conftest import make_minari, point_episode
+
+    make_minari("grid/level/mixed-v0", [point_episode(5, seed=0, reward=[0, 0, 0, 0, 0.25]),
+                                        point_episode(5, seed=1, reward=[0, 0, 0, 0, 0.75])])
+    a = SimpleNamespace(target_return=None)
+    assert peers.target_for("hopper/medium-v0", a) == 3600.0
+    assert peers.target_for("grid/level/mixed-v0", a) == pytest.approx(0.75)
+    assert peers.target_for("grid/level/mixed-v0", SimpleNamespace(target_return=0.5)) == 0.5

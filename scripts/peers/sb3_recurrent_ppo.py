@@ -7,7 +7,13 @@ separate critic LSTM) on a gymnasium id with ``--n-envs`` DummyVecEnv envs, then
 training wall time and the learning curve (per rollout: env steps, seconds, mean return of
 the episodes that ended in it).
 
+A MiniGrid/BabyAI level runs as rl_seq sees it, ``rl_seq/MiniGrid-v0`` (its 7x7x3 view and
+heading, the constant mission text dropped), flattened for the MlpLstmPolicy: SB3's
+MultiInputLstmPolicy would send the view to its NatureCNN, whose 8x8 stride-4 first layer does
+not fit 7x7.
+
     python scripts/peers/sb3_recurrent_ppo.py popgym-RepeatPreviousEasy-v0 --steps 100000 --seed 0
+    python scripts/peers/sb3_recurrent_ppo.py MiniGrid-MemoryS7-v0 --steps 200000 --seed 0
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ def main() -> None:
     except ImportError:
         pass
     torch.set_num_threads(a.threads)
+    env_id, env_kwargs = a.env_id, {}
+    if a.env_id.startswith(("MiniGrid-", "BabyAI-")):  # the level as rl_seq's wrapper gives it
+        env_id, env_kwargs = "rl_seq.envs:rl_seq/MiniGrid-v0", dict(level=a.env_id)
 
     def wrap(env: gym.Env) -> gym.Env:
         # Tuple/Dict: flattened; MultiDiscrete: one-hot (SB3 would one-hot it too, but its
@@ -68,7 +77,7 @@ def main() -> None:
                                       episode_return=float(np.mean(self.returns))))
             self.returns = []
 
-    venv = make_vec_env(a.env_id, n_envs=a.n_envs, seed=a.seed, wrapper_class=wrap)
+    venv = make_vec_env(env_id, n_envs=a.n_envs, seed=a.seed, wrapper_class=wrap, env_kwargs=env_kwargs)
     model = RecurrentPPO("MlpLstmPolicy", venv, seed=a.seed, device="cpu", verbose=0)
     curve = Curve()
     t0 = time.perf_counter()
@@ -76,7 +85,7 @@ def main() -> None:
     train_s = time.perf_counter() - t0
     venv.close()
 
-    env = wrap(gym.make(a.env_id))
+    env = wrap(gym.make(env_id, **env_kwargs))
     returns = []
     for i in range(a.episodes):
         obs, _ = env.reset(seed=a.eval_seed + i)

@@ -203,7 +203,7 @@ def score_table(rows: list[dict], a) -> tuple[str, list[dict]]:
     lines = [f"{a.steps} gradient steps unless NAME@STEPS (warm-up {a.warmup}), {a.episodes} evaluation episodes on "
              f"the same env seeds, evaluations every {a.eval_every or a.steps} steps (the same fractions of every "
              f"run); {where}; rl_seq agents with their presets and task files{', and ' + extra if extra else ''}; "
-             "d3rlpy 2.8.1 with its reproduction recipes (scripts/peers/d3rlpy_offline.py). Normalised score x100, "
+             "d3rlpy 2.8.1 with the recipes in scripts/peers/d3rlpy_offline.py. Normalised score x100, "
              "mean ± sample std over seeds; each cell: last evaluation / mean of the last three evaluations.",
              "", head, "|---" * (len(agents) + 2) + "|"]
     summary, per_agent = [], {g: [] for g in agents}

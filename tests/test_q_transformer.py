@@ -70,6 +70,34 @@ def test_reward_floor():
     assert np.allclose(agent.scale_rewards(r), [0.0, 0.5])
 
 
+def test_reward_scale_return_puts_the_datas_best_sparse_return_at_q_one():
+    """A reward only at the goal (MiniGrid): ``horizon`` leaves every Monte-Carlo return below
+    1-γ; ``return`` divides by the data's largest discounted return, which becomes 1."""
+    from rl_seq.data import Episodes
+
+    def episode(T, r):
+        rew = np.zeros(T, np.float32)
+        rew[-1] = r
+        return dict(observations=np.zeros((T + 1, 3), np.float32), actions=np.zeros((T, 2), np.float32),
+                    rewards=rew, terminations=np.eye(1, T, T - 1, dtype=bool)[0], truncations=np.zeros(T, bool))
+
+    data = Episodes.from_episode_list([episode(4, 0.5), episode(2, 0.8)], *SPACES, dataset_id="sparse")
+    agent = rl_seq.make_agent("qt", SPACES, **{**QT, "gamma": 0.9})
+    agent.setup_from_data(data)
+    mc = data.returns_to_go(0.9)
+    scaled = agent.scale_rewards(data.rewards)
+    assert scaled.max() <= 0.1 * 0.8 / 0.8 + 1e-6  # horizon: (1-γ) r / range
+    agent.config.reward_scale = "return"
+    assert agent.meta["return_max"] == pytest.approx(mc.max()) and mc.max() == pytest.approx(0.8)
+    scaled = agent.scale_rewards(data.rewards)
+    rescaled = Episodes.from_episode_list([episode(4, 0.5), episode(2, 0.8)], *SPACES)
+    rescaled.rewards = scaled
+    assert rescaled.returns_to_go(0.9).max() == pytest.approx(1.0)
+    assert scaled[3] == pytest.approx(0.5 / 0.8)
+    with pytest.raises(ConfigError, match="reward_scale must be one of"):
+        rl_seq.make_agent("qt", SPACES, **{**QT, "reward_scale": "max"})
+
+
 def test_targets_need_the_lookahead_in_the_window():
     _, tr = targets(*window(final_at=None), gamma=0.5, n=2)
     assert tr.tolist() == [[True, True, False, False]]

@@ -14,7 +14,9 @@ bins already chosen for dimensions < i. Per-dimension Bellman targets (``targets
 - every target is raised to the Monte-Carlo return of the data (a lower bound).
 
 Rewards are scaled to ``(1-γ)(r - lo)/(r_max - lo)`` so Q lies in [0, 1] (``lo`` per
-``reward_floor``). The conservative regulariser pushes the Q of bins the data did not take
+``reward_floor``), or with ``reward_scale="return"`` to ``(r - lo)/G``, G the data's largest
+discounted return, for sparse rewards (one at the goal), where ``1-γ`` would leave every Q below
+``1-γ``. The conservative regulariser pushes the Q of bins the data did not take
 towards 0. The target network is an EMA of the online one. Greedy acting decodes dimension by
 dimension through the backbone's step state; with ``support`` > 0 (a deviation from the paper,
 see QTConfig) the target max and the greedy choice keep to the bins a behaviour head finds
@@ -102,6 +104,13 @@ class QTConfig(OfflineConfig):
     """Where the reward scaling puts 0: ``zero`` scales by ``(r - min(r_min, 0)) / range``, so the
     0 a termination bootstraps is worth a reward of 0 (on hopper, r_min 0.84: a fall ends the
     survival bonus); ``data_min``: by ``(r - r_min) / range`` (a fall is worth the smallest reward)."""
+    reward_scale: str = "horizon"
+    """What the shifted reward ``r - lo`` is divided by: ``horizon``, ``range / (1-γ)``, so no
+    return can exceed Q = 1 (dense rewards: hopper's survival bonus every step); ``return``, G
+    the data's largest discounted return-to-go, so the best return in the data is Q = 1 (sparse
+    rewards: MiniGrid's one reward of at most 1 at the goal would otherwise give every Q below
+    1-γ = 0.01, too little for the actions' differences to survive the conservative term;
+    configs/qt/minigrid.yaml)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -115,6 +124,7 @@ class QTConfig(OfflineConfig):
         check_range(self, "conservative_weight", 0)
         check_choice(self, "heads", ("per_dim", "shared"))
         check_choice(self, "reward_floor", ("zero", "data_min"))
+        check_choice(self, "reward_scale", ("horizon", "return"))
         self.check_acting(self)
 
     @staticmethod
@@ -234,12 +244,21 @@ class QTAgent(Agent):
     def setup_from_data(self, episodes: Episodes) -> None:
         super().setup_from_data(episodes)
         self.meta.update(reward_min=float(episodes.rewards.min()), reward_max=float(episodes.rewards.max()))
+        shifted = copy.copy(episodes)
+        shifted.rewards = episodes.rewards - self.reward_floor()
+        self.meta["return_max"] = float(shifted.returns_to_go(self.config.gamma).max())
+
+    def reward_floor(self) -> float:
+        """The reward that scales to 0 (``reward_floor``)."""
+        lo = self.meta["reward_min"]
+        return min(lo, 0.0) if self.config.reward_floor == "zero" else lo
 
     def scale_rewards(self, r: np.ndarray) -> np.ndarray:
-        lo, hi = self.meta["reward_min"], self.meta["reward_max"]
-        if self.config.reward_floor == "zero":
-            lo = min(lo, 0.0)
-        return ((1 - self.config.gamma) * (r - lo) / max(hi - lo, 1e-8)).astype(np.float32)
+        """Rewards -> the scale Q is learnt in (``reward_scale``)."""
+        lo, cfg = self.reward_floor(), self.config
+        if cfg.reward_scale == "return":
+            return ((r - lo) / max(self.meta["return_max"], 1e-8)).astype(np.float32)
+        return ((1 - cfg.gamma) * (r - lo) / max(self.meta["reward_max"] - lo, 1e-8)).astype(np.float32)
 
     # -- training (the engine's protocol) -----------------------------------------------------
     def prepare(self, steps: int, dataset: Episodes, env: str | None) -> Plan:

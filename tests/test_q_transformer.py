@@ -88,6 +88,7 @@ def test_reward_scale_return_puts_the_datas_best_sparse_return_at_q_one():
     scaled = agent.scale_rewards(data.rewards)
     assert scaled.max() <= 0.1 * 0.8 / 0.8 + 1e-6  # horizon: (1-γ) r / range
     agent.config.reward_scale = "return"
+    agent.setup_from_data(data)  # the data's best discounted return is measured for this scale only
     assert agent.meta["return_max"] == pytest.approx(mc.max()) and mc.max() == pytest.approx(0.8)
     scaled = agent.scale_rewards(data.rewards)
     rescaled = Episodes.from_episode_list([episode(4, 0.5), episode(2, 0.8)], *SPACES)

@@ -244,9 +244,10 @@ class QTAgent(Agent):
     def setup_from_data(self, episodes: Episodes) -> None:
         super().setup_from_data(episodes)
         self.meta.update(reward_min=float(episodes.rewards.min()), reward_max=float(episodes.rewards.max()))
-        shifted = copy.copy(episodes)
-        shifted.rewards = episodes.rewards - self.reward_floor()
-        self.meta["return_max"] = float(shifted.returns_to_go(self.config.gamma).max())
+        if self.config.reward_scale == "return":  # a pass over the data: only when it is used
+            shifted = copy.copy(episodes)
+            shifted.rewards = episodes.rewards - self.reward_floor()
+            self.meta["return_max"] = float(shifted.returns_to_go(self.config.gamma).max())
 
     def reward_floor(self) -> float:
         """The reward that scales to 0 (``reward_floor``)."""

@@ -215,13 +215,13 @@ class Episodes:
 
     def check_spaces(self, observation_space: gym.Space, action_space: gym.Space) -> None:
         """Raise if an env's spaces do not match the data's."""
-        obs = flat_observation_space(observation_space)
-        for what, mine, theirs, shown in (
-                ("observation", self.observation_space, obs, (observation_space, self.env_observation_space)),
-                ("action", self.action_space, action_space, (action_space, self.action_space))):
-            if not spaces_match(mine, theirs):  # compared flat, shown as the env gives them
+        obs_ok = spaces_match(self.observation_space, flat_observation_space(observation_space))
+        for what, ok, theirs, mine in (("observation", obs_ok, observation_space, self.env_observation_space),
+                                       ("action", spaces_match(self.action_space, action_space), action_space,
+                                        self.action_space)):
+            if not ok:  # compared flat, shown as the env gives them
                 raise ValueError(
-                    f"the env's {what} space {shown[0]} does not match the dataset's {shown[1]} "
+                    f"the env's {what} space {theirs} does not match the dataset's {mine} "
                     f"({self.dataset_id}); evaluate in the env the data came from "
                     f"({self.env_id}) or pass a matching --env")
 
